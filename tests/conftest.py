@@ -1,0 +1,48 @@
+"""Test harness: the script loaded as module ``iamsorry``, a private HOME, no
+ambient AWS settings.
+
+The script has no ``.py`` suffix; an editable install copies it once and
+then goes stale, so tests always load the file in the work tree."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "iam-sorry"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def _load_iamsorry():
+    loader = importlib.machinery.SourceFileLoader("iamsorry", str(SCRIPT))
+    spec = importlib.util.spec_from_loader("iamsorry", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["iamsorry"] = module
+    loader.exec_module(module)
+    return module
+
+
+iamsorry = _load_iamsorry()
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own HOME and none of the developer's AWS or
+    ssh-agent settings."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "IAM_SORRY_")) or name in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    iamsorry._SECRETS.clear()
+    iamsorry.UI.once.clear()
+    return home
