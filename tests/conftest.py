@@ -46,3 +46,26 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     iamsorry._SECRETS.clear()
     iamsorry.UI.once.clear()
     return home
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = 120, cwd: str | None = None):
+    """The script as a user runs it: a subprocess, fresh interpreter."""
+    import subprocess
+
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
+                          env=full_env, input=input, timeout=timeout, cwd=cwd, start_new_session=True)
+
+
+def assert_clean_error(proc, *needles: str) -> None:
+    """One ``iam-sorry: error:`` line (plus an optional hint), non-zero exit,
+    no traceback."""
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("iam-sorry: error:")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr

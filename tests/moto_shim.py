@@ -1,0 +1,420 @@
+"""Make moto's credential handling strict enough to test a credential broker.
+
+Written against moto 5.2.1 (boto3/botocore 1.43). moto is a good AWS stand-in
+for resources, but it is lenient about *who* signs a request, and a credential
+tool is mostly about exactly that.  This shim closes the gaps our tests need:
+
+* GetSessionToken: moto returns one fixed example key for every caller, so a
+  test cannot tell whose credentials were minted.  Here every call mints a
+  unique ``ASIA...`` key, secret and session token bound to the signer's
+  identity, with ``Expiration = now + DurationSeconds`` (900..129600, as AWS
+  enforces for IAM users).
+* GetCallerIdentity with minted credentials returns the IAM user they belong
+  to (``arn:aws:iam::<acct>:user/<NAME>``), as AWS does.
+* moto accepts requests signed by deactivated or deleted IAM keys; AWS answers
+  ``InvalidClientTokenId`` (HTTP 403).  The shim does the same, and can also
+  reject keys younger than ``Shim.propagation_delay`` seconds, which is how
+  AWS behaves while a new key propagates.
+* Expired minted sessions are rejected with ``ExpiredToken`` (HTTP 403).
+* Every request is counted per action at the server, and faults can be
+  injected per action, so tests can assert on real traffic (also when the
+  code under test runs in other processes against ``ThreadedMotoServer``).
+
+Keys moto has never seen (e.g. the conventional ``testing`` admin key) keep
+working as before: tests sign administrative calls with arbitrary keys.
+
+What is patched (``install`` patches, ``uninstall`` restores):
+
+``moto.core.responses.BaseResponse.call_action``
+    The one place every request of a query/JSON protocol service (IAM, STS and
+    most others) passes through after moto has parsed it, both under
+    ``mock_aws`` and in the server.  The wrapper counts the call, injects
+    faults and checks the signing key before moto runs the action.  Services
+    with their own dispatch (S3 and a few REST APIs) bypass it and keep moto's
+    lenient behaviour.
+``moto.sts.responses.TokenResponse.get_session_token``
+    Replaced: mints per-signer credentials as described above.
+``moto.sts.models.STSBackend.get_caller_identity``
+    Wrapped: answers for minted credentials, otherwise defers to moto.
+``moto.iam.models.IAMBackend.create_access_key``
+    Wrapped: remembers which keys were issued and when, because moto forgets
+    deleted keys entirely and would otherwise treat them as unknown admin keys.
+
+The signing key is taken exactly as moto takes it (``get_access_key``: the
+SigV4 ``Authorization`` credential scope).  Minted keys are registered with
+moto's IAM backend as temporary keys, like moto's own AssumeRole, so moto maps
+them to the right account.  ``install`` raises ``ShimIncompatibleError`` if a
+moto upgrade removed any of these internals.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import datetime
+import functools
+import json
+import logging
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from xml.sax.saxutils import escape
+
+
+class ShimIncompatibleError(RuntimeError):
+    """moto's internals no longer match what this shim was written against."""
+
+
+try:
+    import moto
+    from moto.core.responses import ActionResult, BaseResponse
+    from moto.core.utils import get_service_model, utcnow
+    from moto.iam.models import AccessKey, IAMBackend, User, iam_backends
+    from moto.iam.responses import IamResponse
+    from moto.server import ThreadedMotoServer
+    from moto.sts.models import STSBackend
+    from moto.sts.responses import TokenResponse
+    from moto.utilities.utils import PARTITION_NAMES
+except ImportError as exc:  # pragma: no cover - only on an incompatible moto
+    raise ShimIncompatibleError(f"moto_shim was written against moto 5.2.1 and cannot import {exc.name}") from exc
+
+WRITTEN_FOR_MOTO = "5.2.1"
+DEFAULT_DURATION = 43200
+MIN_DURATION = 900
+MAX_DURATION = 129600
+INVALID_TOKEN = "The security token included in the request is invalid."
+EXPIRED_TOKEN = "The security token included in the request is expired"
+Response = tuple[int, dict[str, str], str]
+
+
+class AwsError(Exception):
+    """An error the shim answers with instead of letting moto run the action."""
+
+    def __init__(self, code: str, message: str, status: int) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _invalid_token() -> AwsError:
+    return AwsError("InvalidClientTokenId", INVALID_TOKEN, 403)
+
+
+@dataclass
+class _Session:
+    token: str
+    user_id: str
+    arn: str
+    account: str
+    expiration: datetime.datetime
+
+
+class Shim:
+    """State and knobs shared by every patched code path (one per process).
+
+    ``propagation_delay`` (seconds, default 0) and ``calls`` (a Counter keyed
+    by action name, counted at the server, rejected requests included) are
+    plain attributes; ``calls`` is only written under the lock.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: collections.Counter[str] = collections.Counter()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget calls, faults, sessions, issued keys and the delay.
+
+        The Shim outlives ``mock_aws`` contexts and servers, so fixtures call
+        this between tests.  Afterwards, keys and sessions from before the
+        reset count as unknown keys (accepted), not as deleted or expired.
+        """
+        with self._lock:
+            self.propagation_delay = 0.0
+            self.calls.clear()
+            self._faults: dict[str, collections.deque[AwsError]] = collections.defaultdict(collections.deque)
+            self._sessions: dict[str, _Session] = {}
+            self._issued: dict[str, float] = {}
+
+    def reset_calls(self) -> None:
+        with self._lock:
+            self.calls.clear()
+
+    def fail(self, action: str, code: str = "ServiceFailure", times: int = 1, status: int = 500) -> None:
+        """Make the next ``times`` requests for ``action`` fail with ``code``.
+
+        Faults fire before authentication, so they hit the next requests
+        whatever signed them.  botocore retries 5xx and throttling codes on
+        its own; every attempt consumes a fault and counts in ``calls``.
+        """
+        error = AwsError(code, f"Injected {code} for {action}", status)
+        with self._lock:
+            self._faults[action].extend([error] * times)
+
+    def expire_sessions(self) -> None:
+        """Expire every session credential minted so far (not later ones)."""
+        past = utcnow() - datetime.timedelta(seconds=1)
+        with self._lock:
+            for session in self._sessions.values():
+                session.expiration = past
+
+    def identity_of(self, access_key_id: str) -> str | None:
+        """ARN a minted session or a live IAM user key resolves to, else None."""
+        session = self._session(access_key_id)
+        if session is not None:
+            return session.arn
+        found = _find_user_key(access_key_id)
+        return found[1].arn if found and found[1] else None
+
+    # -- used by the patched moto code -------------------------------------
+
+    def _admit(self, action: str) -> None:
+        with self._lock:
+            self.calls[action] += 1
+            pending = self._faults.get(action)
+            error = pending.popleft() if pending else None
+        if error is not None:
+            raise error
+
+    def _session(self, access_key_id: str) -> _Session | None:
+        with self._lock:
+            return self._sessions.get(access_key_id)
+
+    def _record_issued(self, access_key_id: str) -> None:
+        with self._lock:
+            self._issued[access_key_id] = time.monotonic()
+
+    def _authenticate(self, access_key_id: str, token: str | None) -> None:
+        session = self._session(access_key_id)
+        if session is not None:
+            _check_session(session, token)
+        else:
+            self._check_iam_key(access_key_id)
+
+    def _check_iam_key(self, access_key_id: str) -> None:
+        with self._lock:
+            issued = self._issued.get(access_key_id)
+        found = _find_user_key(access_key_id)
+        if found is None:
+            if issued is not None:  # moto forgot it: deleted
+                raise _invalid_token()
+            return  # never issued by IAM: an admin/test key or moto's own temp key
+        key, user = found
+        if key.status != "Active" or user is None:
+            raise _invalid_token()
+        if issued is not None and time.monotonic() - issued < self.propagation_delay:
+            raise _invalid_token()
+
+    def _mint(self, account: str, partition: str, identity: tuple[str, str, str], duration: int) -> AccessKey:
+        key = iam_backends[account][partition].create_temp_access_key()
+        user_id, arn, owner = identity
+        expiration = utcnow() + datetime.timedelta(seconds=duration)
+        token = base64.b64encode(secrets.token_bytes(120)).decode()
+        with self._lock:
+            self._sessions[key.access_key_id] = _Session(token, user_id, arn, owner, expiration)
+        return key
+
+
+def _check_session(session: _Session, token: str | None) -> None:
+    # AWS rejects an ASIA key sent without its token; catches code that drops it.
+    if token != session.token:
+        raise _invalid_token()
+    if utcnow() >= session.expiration:
+        raise AwsError("ExpiredToken", EXPIRED_TOKEN, 403)
+
+
+def _find_user_key(access_key_id: str) -> tuple[AccessKey, User | None] | None:
+    """The IAM user access key with this id and its (possibly deleted) user."""
+    # list(): the server may create account backends in other threads meanwhile.
+    for _account, backends in list(iam_backends.items()):
+        for partition in PARTITION_NAMES:
+            backend = backends[partition]
+            key = backend.access_keys.get(access_key_id)
+            if key is not None and key.user_name is not None:
+                return key, backend.users.get(key.user_name)
+    return None
+
+
+_SHIM = Shim()
+_ORIGINALS: dict[tuple[type, str], Any] = {}
+_INSTALL_LOCK = threading.Lock()
+
+
+# -- replacements ------------------------------------------------------------
+
+
+def _security_token(response: BaseResponse) -> str | None:
+    token = response.headers.get("X-Amz-Security-Token")
+    if token:
+        return str(token)
+    presigned = response.querystring.get("X-Amz-Security-Token")
+    return presigned[0] if presigned else None
+
+
+def _error_response(response: BaseResponse, error: AwsError) -> Response:
+    """Serialise like AWS so botocore raises ClientError with this code."""
+    model = get_service_model(response.boto3_service_name)
+    request_id = str(uuid.uuid4())
+    headers = {"x-amzn-RequestId": request_id}
+    if model.protocol in ("json", "rest-json"):
+        headers.update({"Content-Type": "application/x-amz-json-1.1", "x-amzn-ErrorType": error.code})
+        return error.status, headers, json.dumps({"__type": error.code, "message": error.message})
+    namespace = model.metadata.get("xmlNamespace", "")
+    fault = "Sender" if error.status < 500 else "Receiver"
+    body = (
+        f'<ErrorResponse xmlns="{escape(namespace)}"><Error><Type>{fault}</Type>'
+        f"<Code>{escape(error.code)}</Code><Message>{escape(error.message)}</Message></Error>"
+        f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+    )
+    headers["Content-Type"] = "text/xml"
+    return error.status, headers, body
+
+
+def _wrap_call_action(original: Callable[[BaseResponse], Any]) -> Callable[[BaseResponse], Any]:
+    @functools.wraps(original)
+    def call_action(self: BaseResponse) -> Any:
+        try:
+            _SHIM._admit(self._get_action())
+            _SHIM._authenticate(self.get_access_key(), _security_token(self))
+            return original(self)
+        except AwsError as error:
+            return _error_response(self, error)
+
+    return call_action
+
+
+def _duration_seconds(response: TokenResponse) -> int:
+    duration = response._get_int_param("DurationSeconds", DEFAULT_DURATION)
+    if duration < MIN_DURATION:
+        bound = f"greater than or equal to {MIN_DURATION}"
+    elif duration > MAX_DURATION:
+        bound = f"less than or equal to {MAX_DURATION}"
+    else:
+        return int(duration)
+    message = (
+        f"1 validation error detected: Value '{duration}' at 'durationSeconds' "
+        f"failed to satisfy constraint: Member must have value {bound}"
+    )
+    raise AwsError("ValidationError", message, 400)
+
+
+def _wrap_get_session_token(original: Callable[[TokenResponse], Any]) -> Callable[[TokenResponse], Any]:
+    @functools.wraps(original)
+    def get_session_token(self: TokenResponse) -> ActionResult:
+        duration = _duration_seconds(self)
+        signer = self.get_access_key()
+        if _SHIM._session(signer) or self.backend.get_assumed_role_from_access_key(signer):
+            raise AwsError("AccessDenied", "Cannot call GetSessionToken with session credentials", 403)
+        # The session is whoever moto says signed the call: an IAM user for
+        # user keys, moto's default identity for unknown admin keys.
+        identity = self.backend.get_caller_identity(signer, self.region)
+        key = _SHIM._mint(self.current_account, self.partition, identity, duration)
+        session = _SHIM._session(key.access_key_id)
+        assert session is not None
+        credentials = {
+            "AccessKeyId": key.access_key_id,
+            "SecretAccessKey": key.secret_access_key,
+            "SessionToken": session.token,
+            "Expiration": session.expiration,
+        }
+        return ActionResult({"Credentials": credentials})
+
+    return get_session_token
+
+
+def _wrap_get_caller_identity(original: Callable[..., tuple[str, str, str]]) -> Callable[..., tuple[str, str, str]]:
+    @functools.wraps(original)
+    def get_caller_identity(self: STSBackend, access_key_id: str, region: str) -> tuple[str, str, str]:
+        session = _SHIM._session(access_key_id)
+        if session is not None:
+            return session.user_id, session.arn, session.account
+        return original(self, access_key_id, region)
+
+    return get_caller_identity
+
+
+def _wrap_create_access_key(original: Callable[..., AccessKey]) -> Callable[..., AccessKey]:
+    @functools.wraps(original)
+    def create_access_key(self: IAMBackend, *args: Any, **kwargs: Any) -> AccessKey:
+        key = original(self, *args, **kwargs)
+        _SHIM._record_issued(key.access_key_id)
+        return key
+
+    return create_access_key
+
+
+_PATCHES: list[tuple[type, str, Callable[[Any], Any]]] = [
+    (BaseResponse, "call_action", _wrap_call_action),
+    (TokenResponse, "get_session_token", _wrap_get_session_token),
+    (STSBackend, "get_caller_identity", _wrap_get_caller_identity),
+    (IAMBackend, "create_access_key", _wrap_create_access_key),
+]
+_ALSO_USED: list[tuple[type, str]] = [
+    (BaseResponse, "get_access_key"),
+    (BaseResponse, "_get_action"),
+    (BaseResponse, "_get_int_param"),
+    (BaseResponse, "boto3_service_name"),
+    (TokenResponse, "backend"),
+    (STSBackend, "get_assumed_role_from_access_key"),
+    (IAMBackend, "create_temp_access_key"),
+]
+
+
+def _check_internals() -> None:
+    missing = [f"{cls.__qualname__}.{name}" for cls, name, _ in _PATCHES if name not in vars(cls)]
+    missing += [f"{cls.__qualname__}.{name}" for cls, name in _ALSO_USED if not hasattr(cls, name)]
+    # A subclass override would silently bypass the gate for that service.
+    missing += [
+        f"{cls.__qualname__}.call_action (overridden)"
+        for cls in (TokenResponse, IamResponse)
+        if cls.call_action is not BaseResponse.call_action
+    ]
+    if missing:
+        raise ShimIncompatibleError(
+            f"moto {moto.__version__} lacks internals moto_shim (written for moto {WRITTEN_FOR_MOTO}) "
+            f"relies on: {', '.join(missing)}"
+        )
+
+
+def install() -> Shim:
+    """Patch moto in this process (idempotent) and return the shared Shim."""
+    with _INSTALL_LOCK:
+        if not _ORIGINALS:
+            _check_internals()
+            for cls, name, wrap in _PATCHES:
+                original = vars(cls)[name]
+                _ORIGINALS[(cls, name)] = original
+                setattr(cls, name, wrap(original))
+    return _SHIM
+
+
+def uninstall() -> None:
+    """Restore moto's original behaviour; the Shim keeps its state."""
+    with _INSTALL_LOCK:
+        for (cls, name), original in _ORIGINALS.items():
+            setattr(cls, name, original)
+        _ORIGINALS.clear()
+
+
+def start_server() -> tuple[str, Callable[[], None]]:
+    """Run a ThreadedMotoServer on a free 127.0.0.1 port with the shim installed.
+
+    Returns the endpoint URL (for ``AWS_ENDPOINT_URL`` or ``endpoint_url``)
+    and a function that stops the server.  The server shares this process's
+    moto state; ``POST <url>/moto-api/reset`` clears it.
+    """
+    install()
+    # werkzeug logs every request; with dozens of client processes that
+    # buries the output of a failing test.
+    werkzeug_log = logging.getLogger("werkzeug")
+    if werkzeug_log.level == logging.NOTSET:
+        werkzeug_log.setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return f"http://{host}:{port}", server.stop

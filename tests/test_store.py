@@ -1,0 +1,341 @@
+"""Profile store: byte-preserving edits, atomic writes, modes, locking."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPT, assert_clean_error, iamsorry, run_cli
+
+NASTY = (
+    "# my credentials, hand-edited\r\n"
+    "; a semicolon comment\r\n"
+    "\r\n"
+    "[default]\r\n"
+    "aws_access_key_id = AKIADEFAULTDEFAULT01\r\n"
+    "AWS_Secret_Access_Key=defaultsecret\r\n"
+    "\r\n"
+    "# keep me: comment before sue\r\n"
+    "[sue]\r\n"
+    "aws_access_key_id = ASIAOLDOLDOLDOLDOLD1\r\n"
+    "aws_secret_access_key = oldsecret\r\n"
+    "aws_session_token = tok\r\n"
+    "    continued-token-line\r\n"
+    "expiration = 2020-01-01T00:00:00Z\r\n"
+    "credentials_owner = sue\r\n"
+    "x_other_tool: keep-me\r\n"
+    "\r\n"
+    "[other]   ; inline remark\r\n"
+    "aws_access_key_id = AKIAOTHEROTHEROTHER1\r\n"
+    "aws_secret_access_key = othersecret\r\n"
+    "# trailing comment\r\n"
+)
+
+
+def _creds_path(home: Path) -> Path:
+    p = home / ".aws" / "credentials"
+    p.parent.mkdir(exist_ok=True)
+    return p
+
+
+def test_parse_tolerates_crlf_comments_continuations_and_case(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    path.write_bytes(NASTY.encode())
+    profiles = iamsorry.read_aws_credentials(str(path))
+    assert list(profiles) == ["default", "sue", "other"]
+    assert profiles["default"]["aws_secret_access_key"] == "defaultsecret"
+    assert profiles["default"]["AWS_SECRET_ACCESS_KEY"] == "defaultsecret"
+    assert profiles["sue"]["aws_session_token"] == "tok\ncontinued-token-line"
+    assert profiles["sue"]["x_other_tool"] == "keep-me"
+    assert profiles["sue"]["credentials_owner"] == "sue"
+
+
+def test_editing_one_section_leaves_every_other_byte(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    path.write_bytes(NASTY.encode())
+    store = iamsorry.Store()
+    with store.edit() as s:
+        s.creds.set("sue", {"aws_access_key_id": "ASIANEWNEWNEWNEWNEW1", "aws_session_token": "newtok",
+                            "expiration": "2030-01-01T00:00:00Z"})
+    after = path.read_bytes().decode()
+    start, end = NASTY.index("[sue]"), NASTY.index("\r\n[other]")
+    before_sue, after_sue = NASTY[:start], NASTY[end:]
+    assert after.startswith(before_sue)
+    assert after.endswith(after_sue)
+    middle = after[len(before_sue): len(after) - len(after_sue)]
+    assert middle == (
+        "[sue]\r\naws_access_key_id = ASIANEWNEWNEWNEWNEW1\r\naws_secret_access_key = oldsecret\r\n"
+        "aws_session_token = newtok\r\nexpiration = 2030-01-01T00:00:00Z\r\ncredentials_owner = sue\r\n"
+        "x_other_tool: keep-me\r\n"
+    )
+
+
+def test_new_section_is_appended_and_removal_takes_exactly_its_lines(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    path.write_bytes(NASTY.encode())
+    with iamsorry.Store().edit() as s:
+        s.creds.set("new", {"aws_access_key_id": "AKIANEWNEWNEWNEWNEW1", "aws_secret_access_key": "x"})
+    text = path.read_bytes().decode()
+    assert text.startswith(NASTY)
+    assert text[len(NASTY):] == "\r\n[new]\r\naws_access_key_id = AKIANEWNEWNEWNEWNEW1\r\naws_secret_access_key = x\r\n"
+    with iamsorry.Store().edit() as s:
+        assert s.creds.remove("new")
+        assert s.creds.remove("other")
+    text = path.read_bytes().decode()
+    assert text == NASTY.replace("[other]   ; inline remark\r\naws_access_key_id = AKIAOTHEROTHEROTHER1\r\n"
+                                 "aws_secret_access_key = othersecret\r\n", "") + "\r\n"
+
+
+def test_unchanged_store_is_not_rewritten(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    path.write_bytes(NASTY.encode())
+    os.chmod(path, 0o600)
+    inode = path.stat().st_ino
+    with iamsorry.Store().edit() as s:
+        s.creds.set("sue", {"credentials_owner": "sue"})
+    assert path.stat().st_ino == inode
+
+
+@pytest.mark.parametrize(("text", "line", "what"), [
+    ("[a]\naws_access_key_id = x\nthis line is nonsense\n", 3, "cannot parse"),
+    ("aws_access_key_id = x\n[a]\n", 1, "outside any [section]"),
+    ("[a]\nk = 1\n[b]\nk = 2\n[a]\n", 5, "duplicate section"),
+    ("[a]\nk = 1\nK = 2\n", 3, "duplicate key"),
+])
+def test_malformed_file_names_file_and_line_and_nothing_is_written(
+        private_home: Path, text: str, line: int, what: str) -> None:
+    path = _creds_path(private_home)
+    path.write_text(text)
+    os.chmod(path, 0o600)
+    with pytest.raises(iamsorry.StoreError) as err:
+        iamsorry.read_aws_credentials()
+    assert f"{path}:{line}:" in str(err.value) and what in str(err.value)
+    proc = run_cli("--fix-profiles")
+    assert_clean_error(proc, f"{path}:{line}")
+    assert path.read_text() == text
+    assert not (private_home / ".aws" / "config").exists()
+
+
+def test_credentials_created_0600_and_config_keeps_its_mode(private_home: Path) -> None:
+    cfg = private_home / ".aws" / "config"
+    cfg.parent.mkdir()
+    cfg.write_text("[default]\nregion = eu-west-1\n")
+    os.chmod(cfg, 0o640)
+    iamsorry.update_profile_credentials("sue", {"AccessKeyId": "ASIAAAAAAAAAAAAAAAA1", "SecretAccessKey": "s",
+                                                "SessionToken": "t", "Expiration": "2030-01-01T00:00:00Z"}, "sue")
+    with iamsorry.Store().edit() as s:
+        s.config.set("profile sue", {"region": "eu-west-1"})
+    creds = private_home / ".aws" / "credentials"
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o640
+    assert "[profile sue]\nregion = eu-west-1\n" in cfg.read_text()
+
+
+def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    path.write_text("[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    os.chmod(path, 0o644)
+    proc = run_cli("--fix-profiles")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("tightened to 600") == 1
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_symlinked_credentials_file_keeps_its_link(private_home: Path, tmp_path: Path) -> None:
+    real = tmp_path / "dotfiles-credentials"
+    real.write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    link = _creds_path(private_home)
+    link.symlink_to(real)
+    with iamsorry.Store().edit() as s:
+        s.creds.set("b", {"aws_access_key_id": "AKIAYYYYYYYYYYYYYYY1", "aws_secret_access_key": "t"})
+    assert link.is_symlink()
+    assert "[b]" in real.read_text()
+
+
+def test_env_paths_are_honoured(private_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "c"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "cfg"))
+    assert iamsorry.get_aws_credentials_path() == str(tmp_path / "c")
+    assert iamsorry.get_aws_config_path() == str(tmp_path / "cfg")
+
+
+_WRITER = """
+import importlib.machinery, sys
+m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()
+name = sys.argv[2]
+m.update_profile_credentials(name, {'AccessKeyId': 'ASIA' + name.upper().ljust(16, 'X'),
+    'SecretAccessKey': 's-' + name, 'SessionToken': 't-' + name,
+    'Expiration': '2030-01-01T00:00:00Z'}, name)
+"""
+
+
+def test_fifty_parallel_writers_lose_nothing(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    path.write_text("# keep\n[base]\naws_access_key_id = AKIABASEBASEBASEBAS1\naws_secret_access_key = b\n")
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(SCRIPT), f"p{i}"]) for i in range(50)]
+    assert all(p.wait(timeout=120) == 0 for p in procs)
+    profiles = iamsorry.read_aws_credentials()
+    assert set(profiles) == {"base"} | {f"p{i}" for i in range(50)}
+    assert path.read_text().startswith("# keep\n[base]\n")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+_LOOPER = """
+import importlib.machinery, sys, itertools
+m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()
+print('ready', flush=True)
+for i in itertools.count():
+    m.update_profile_credentials('churn', {'AccessKeyId': 'ASIACHURN%016d' % i, 'SecretAccessKey': 'x' * (i % 300),
+        'SessionToken': 't' * (i % 500), 'Expiration': '2030-01-01T00:00:00Z'}, 'churn')
+"""
+
+
+def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    keep = "".join(f"# c{i}\n[keep{i}]\naws_access_key_id = AKIAKEEP{i:012d}\naws_secret_access_key = k\n\n"
+                   for i in range(20))
+    path.write_text(keep)
+    rng = random.Random(1234)
+    for _ in range(100):
+        proc = subprocess.Popen([sys.executable, "-c", _LOOPER, str(SCRIPT)], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(rng.uniform(0, 0.03))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        profiles = iamsorry.read_aws_credentials()
+        assert {f"keep{i}" for i in range(20)} <= set(profiles)
+        assert path.read_text().startswith(keep)
+    leftovers = [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    assert len(leftovers) <= 100  # a kill between create and rename may leave a temp file, never a broken store
+
+
+def test_lock_times_out_with_a_message_naming_the_lock(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _creds_path(private_home)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(30)\n"),
+        str(private_home / ".aws" / "credentials.lock")], stdout=subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+    try:
+        proc = run_cli("--fix-profiles", env={"IAM_SORRY_LOCK_TIMEOUT": "0.5"})
+        assert_clean_error(proc, "credentials.lock", "timed out")
+    finally:
+        holder.kill()
+        holder.wait()
+    # A dead holder blocks no one.
+    assert run_cli("--fix-profiles", env={"IAM_SORRY_LOCK_TIMEOUT": "5"}).returncode == 0
+
+
+def test_profiles_lists_kinds_and_expiry(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    path.write_text(
+        "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\naws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
+        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
+        "expiration = 2020-01-01T00:00:00Z\ncredentials_owner = sue\n"
+        "[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    (private_home / ".aws" / "config").write_text(
+        "[profile sue-lambda]\nrole_arn = arn:aws:iam::123456789012:role/iam-sorry-sue-lambda\nsource_profile = sue\n")
+    proc = run_cli("--profiles")
+    assert proc.returncode == 0, proc.stderr
+    lines = {ln.split()[0]: ln for ln in proc.stdout.splitlines()[1:]}
+    assert "manager" in lines["sue-mgr"] and "SHA256:abc" in lines["sue-mgr"]
+    assert "session" in lines["sue"] and "EXPIRED" in lines["sue"]
+    assert "static" in lines["static"]
+    assert "role" in lines["sue-lambda"] and " sue " in lines["sue-lambda"]
+    rows = json.loads(run_cli("--profiles", "--json").stdout)
+    assert {r["profile"]: r["kind"] for r in rows} == {"sue-mgr": "manager", "sue": "session",
+                                                       "static": "static", "sue-lambda": "role"}
+
+
+def test_fix_profiles_adds_regions_from_the_manager_and_reports_config_only(private_home: Path) -> None:
+    path = _creds_path(private_home)
+    path.write_text("[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
+                    "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
+                    "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    cfg = private_home / ".aws" / "config"
+    original = "# mine\n[profile sue-mgr]\nregion = eu-north-1\n\n[profile lonely]\noutput = json\n"
+    cfg.write_text(original)
+    proc = run_cli("--fix-profiles")
+    assert proc.returncode == 0, proc.stderr
+    assert cfg.read_text() == original + "\n[profile sue]\nregion = eu-north-1\n"
+    assert "lonely" in proc.stderr
+    assert path.read_text().startswith("[sue-mgr]")
+
+
+def test_fix_profiles_falls_back_to_us_east_1_with_a_warning(private_home: Path) -> None:
+    _creds_path(private_home).write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    proc = run_cli("--fix-profiles")
+    assert proc.returncode == 0 and "us-east-1" in proc.stderr and "warning" in proc.stderr
+    assert "[profile a]\nregion = us-east-1\n" in (private_home / ".aws" / "config").read_text()
+
+
+def test_reset_needs_yes_without_terminal_and_keeps_backups(private_home: Path) -> None:
+    creds = _creds_path(private_home)
+    original = ("[keep]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n\n"
+                "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
+                "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n")
+    creds.write_text(original)
+    cfg = private_home / ".aws" / "config"
+    cfg.write_text("[profile sue-mgr]\nregion = us-west-2\n[profile keep]\nregion = us-west-2\n")
+    proc = run_cli("--reset")
+    assert_clean_error(proc, "--yes")
+    assert creds.read_text() == original
+    proc = run_cli("--reset", "--yes")
+    assert proc.returncode == 0, proc.stderr
+    assert creds.read_text() == "[keep]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n\n"
+    assert cfg.read_text() == "[profile keep]\nregion = us-west-2\n"
+    backups = sorted(p.name for p in creds.parent.iterdir() if ".bak-" in p.name)
+    assert len(backups) == 2
+    assert (creds.parent / backups[1]).read_text() == original
+
+
+def test_eval_of_static_profile_quotes_and_unsets_token(private_home: Path) -> None:
+    _creds_path(private_home).write_text(
+        "[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = it's$(x)`y`\n")
+    proc = run_cli("--eval", "svc", env={"SHELL": "/bin/bash"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == ("export AWS_ACCESS_KEY_ID='AKIAXXXXXXXXXXXXXXX1'\n"
+                           "export AWS_SECRET_ACCESS_KEY='it'\\''s$(x)`y`'\n"
+                           "unset AWS_SESSION_TOKEN\nunset AWS_CREDENTIAL_EXPIRATION\n")
+    out = subprocess.run(["sh", "-c", proc.stdout + 'printf %s "$AWS_SECRET_ACCESS_KEY"'],
+                         capture_output=True, text=True, env={"AWS_SESSION_TOKEN": "stale", "PATH": os.environ["PATH"]})
+    assert out.stdout == "it's$(x)`y`"
+
+
+def test_show_decrypted_of_plain_profile_prints_the_section(private_home: Path) -> None:
+    _creds_path(private_home).write_text("[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    proc = run_cli("--show-decrypted", "svc")
+    assert proc.returncode == 0
+    assert proc.stdout == "[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n"
+
+
+def test_cached_eval_imports_nothing_heavy(private_home: Path) -> None:
+    _creds_path(private_home).write_text(
+        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
+        "expiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n")
+    code = ("import importlib.machinery, sys, io, contextlib\n"
+            "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
+            "buf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            "    assert m.main(['--eval', 'sue']) == 0\n"
+            "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('boto3', 'botocore', 'cryptography'))\n"
+            "print(heavy)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_and_help(private_home: Path) -> None:
+    assert run_cli("--version").stdout.strip() == f"iam-sorry {iamsorry.__version__}"
+    helptext = run_cli("--help").stdout
+    for group in ("for users", "for managers", "for administrators", "output", "examples:"):
+        assert group in helptext
