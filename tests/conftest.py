@@ -69,3 +69,31 @@ def assert_clean_error(proc, *needles: str) -> None:
     assert len(lines) == 1, proc.stderr
     for needle in needles:
         assert needle in proc.stderr, proc.stderr
+
+
+@pytest.fixture
+def ssh_dir(private_home: Path) -> Path:
+    d = private_home / ".ssh"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return d
+
+
+@pytest.fixture
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A real ssh-agent for this test only, on a private socket."""
+    from sshkit import Agent
+
+    a = Agent(tmp_path)
+    monkeypatch.setenv("SSH_AUTH_SOCK", a.sock)
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def ed25519(ssh_dir: Path, agent):
+    """~/.ssh/id_ed25519, passphrase-protected, loaded in the agent."""
+    from sshkit import make_key
+
+    key = make_key(ssh_dir)
+    agent.add(key)
+    return key

@@ -1,0 +1,316 @@
+"""SSH keys and agent-bound encryption: only the private key can open it."""
+
+from __future__ import annotations
+
+import base64
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPT, assert_clean_error, iamsorry, run_cli
+from sshkit import PASSPHRASE, change_passphrase, make_key
+
+MANAGER = "[sue-mgr]\naws_access_key_id = AKIAMANAGERKEY000001\naws_secret_access_key = manager/secret+KEY\n"
+
+
+def _creds(home: Path, text: str = MANAGER) -> Path:
+    p = home / ".aws" / "credentials"
+    p.parent.mkdir(exist_ok=True)
+    p.write_text(text)
+    p.chmod(0o600)
+    return p
+
+
+def _sealed(home: Path) -> dict[str, str]:
+    return dict(iamsorry.read_aws_credentials()["sue-mgr"])
+
+
+def test_encrypt_ed25519_through_agent_and_decrypt(private_home: Path, ed25519: Path) -> None:
+    path = _creds(private_home)
+    proc = run_cli("--profile", "sue-mgr", "--encrypt")
+    assert proc.returncode == 0, proc.stderr
+    values = _sealed(private_home)
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    for field in ("aws_access_key_id", "aws_secret_access_key"):
+        assert values[field].startswith(f"__encrypted__:v2:{fp[7:]}:")
+    assert "AKIAMANAGERKEY000001" not in path.read_text()
+    shown = run_cli("--show-decrypted", "sue-mgr")
+    assert shown.stdout == MANAGER
+    # Idempotent: a second --encrypt leaves the sealed values alone.
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    assert _sealed(private_home) == values
+
+
+def test_rsa_3072_is_accepted_and_rsa_2048_refused(private_home: Path, ssh_dir: Path, agent) -> None:
+    _creds(private_home)
+    rsa = make_key(ssh_dir, "id_rsa", "rsa", 3072)
+    agent.add(rsa)
+    assert run_cli("--profile", "sue-mgr", "--encrypt", "--ssh-key", str(rsa)).returncode == 0
+    assert run_cli("--show-decrypted", "sue-mgr", "--ssh-key", str(rsa)).stdout == MANAGER
+    weak = make_key(ssh_dir, "id_rsa2k", "rsa", 2048)
+    _creds(private_home)
+    assert_clean_error(run_cli("--profile", "sue-mgr", "--encrypt", "--ssh-key", str(weak)), "2048 bits")
+
+
+def test_agent_and_passphrase_give_the_same_signature(private_home: Path, ed25519: Path, agent,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    key = iamsorry.resolve_ssh_key()
+    via_agent = iamsorry._Agent(agent.sock).sign(key, iamsorry._KDF_CHALLENGE)
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
+    via_file = iamsorry._sign_locally(key, str(ed25519))
+    assert via_agent is not None and len(via_agent) == 64
+    assert via_agent == via_file
+
+
+def test_rsa_agent_and_passphrase_give_the_same_signature(private_home: Path, ssh_dir: Path, agent,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    rsa = make_key(ssh_dir, "id_rsa", "rsa", 3072)
+    agent.add(rsa)
+    key = iamsorry.resolve_ssh_key(str(rsa))
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
+    assert iamsorry._Agent(agent.sock).sign(key, iamsorry._KDF_CHALLENGE) == iamsorry._sign_locally(key, str(rsa))
+
+
+def test_changed_passphrase_still_decrypts(private_home: Path, ed25519: Path, agent) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    change_passphrase(ed25519, PASSPHRASE, "a brand new passphrase")
+    agent.remove_all()
+    agent.add(ed25519, passphrase="a brand new passphrase")
+    assert run_cli("--show-decrypted", "sue-mgr").stdout == MANAGER
+
+
+def test_tampered_and_swapped_ciphertexts_are_rejected(private_home: Path, ed25519: Path) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    values = _sealed(private_home)
+    key_id, secret = values["aws_access_key_id"], values["aws_secret_access_key"]
+    raw = bytearray(base64.b64decode(key_id.rsplit(":", 1)[1]))
+    raw[-20] ^= 1
+    flipped = key_id.rsplit(":", 1)[0] + ":" + base64.b64encode(bytes(raw)).decode()
+    for text in (MANAGER.replace("AKIAMANAGERKEY000001", flipped).replace("manager/secret+KEY", secret),
+                 MANAGER.replace("AKIAMANAGERKEY000001", secret).replace("manager/secret+KEY", key_id)):
+        _creds(private_home, text)
+        proc = run_cli("--show-decrypted", "sue-mgr")
+        assert_clean_error(proc, "integrity check")
+        assert "AKIAMANAGERKEY000001" not in proc.stdout + proc.stderr
+
+
+def test_unprotected_key_is_refused_and_nothing_changes(private_home: Path, ssh_dir: Path, agent) -> None:
+    path = _creds(private_home)
+    key = make_key(ssh_dir, passphrase="")
+    agent.add(key, passphrase="")
+    proc = run_cli("--profile", "sue-mgr", "--encrypt")
+    assert_clean_error(proc, "not passphrase-protected", "ssh-keygen -p")
+    assert path.read_text() == MANAGER
+
+
+def test_ecdsa_and_sk_keys_are_refused_with_reasons(private_home: Path, ssh_dir: Path) -> None:
+    _creds(private_home)
+    ecdsa = make_key(ssh_dir, "id_ecdsa", "ecdsa")
+    assert_clean_error(run_cli("--profile", "sue-mgr", "--encrypt", "--ssh-key", str(ecdsa)), "randomised")
+    # A FIDO key needs hardware to create; its public half is enough to be refused.
+    blob = iamsorry._pack(b"sk-ssh-ed25519@openssh.com", b"\x01" * 32, b"ssh:")
+    sk = ssh_dir / "id_ed25519_sk"
+    sk.write_text("private part lives on the token\n")
+    Path(str(sk) + ".pub").write_text(f"sk-ssh-ed25519@openssh.com {base64.b64encode(blob).decode()} me\n")
+    assert_clean_error(run_cli("--profile", "sue-mgr", "--encrypt", "--ssh-key", str(sk)), "counter")
+
+
+def test_private_key_protection_detection(ssh_dir: Path) -> None:
+    protected, plain = make_key(ssh_dir, "a"), make_key(ssh_dir, "b", passphrase="")
+    assert iamsorry.private_key_is_protected(protected.read_bytes())
+    assert not iamsorry.private_key_is_protected(plain.read_bytes())
+    pem = make_key(ssh_dir, "c", "rsa", 3072)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-m", "PEM", "-P", PASSPHRASE, "-N", PASSPHRASE, "-f", str(pem)],
+                   check=True, capture_output=True)
+    assert b"ENCRYPTED" in pem.read_bytes()
+    assert iamsorry.private_key_is_protected(pem.read_bytes())
+
+
+def test_legacy_kdf_over_a_v2_value_fails(private_home: Path, ed25519: Path) -> None:
+    """The 0.2.x attack: derive the key from the key file bytes alone."""
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    value = _sealed(private_home)["aws_access_key_id"]
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw = base64.b64decode(value.rsplit(":", 1)[1])
+    attacker_key = iamsorry.legacy_key(ed25519.read_bytes())
+    for nonce_at in (0, 16):  # as 0.2.x laid it out, and at v2's offset
+        with pytest.raises(InvalidTag):
+            AESGCM(attacker_key).decrypt(raw[nonce_at:nonce_at + 12], raw[nonce_at + 12:], None)
+    with pytest.raises(iamsorry.CryptoError):
+        iamsorry.open_legacy("__encrypted__:" + value.rsplit(":", 1)[1], str(ed25519))
+
+
+def _legacy_seal(plain: str, key_file: Path) -> str:
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    ct = AESGCM(iamsorry.legacy_key(key_file.read_bytes())).encrypt(nonce, plain.encode(), None)
+    return "__encrypted__:" + base64.b64encode(nonce + ct).decode()
+
+
+def test_legacy_values_decrypt_warn_and_migrate(private_home: Path, ed25519: Path) -> None:
+    legacy = MANAGER.replace("AKIAMANAGERKEY000001", _legacy_seal("AKIAMANAGERKEY000001", ed25519)).replace(
+        "manager/secret+KEY", _legacy_seal("manager/secret+KEY", ed25519))
+    _creds(private_home, legacy)
+    shown = run_cli("--show-decrypted", "sue-mgr")
+    assert shown.stdout == MANAGER
+    assert shown.stderr.count("weak 0.2.x encryption") == 1
+    assert "0.2.x" in run_cli("--show-encrypted", "sue-mgr").stdout
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    assert all(v.startswith("__encrypted__:v2:") for k, v in _sealed(private_home).items() if k.startswith("aws_"))
+    again = run_cli("--show-decrypted", "sue-mgr")
+    assert again.stdout == MANAGER and "weak" not in again.stderr
+
+
+def test_no_agent_and_no_terminal_is_a_clear_error(private_home: Path, ed25519: Path, agent,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    proc = run_cli("--eval", "sue-mgr")
+    assert_clean_error(proc, "no ssh-agent", "no terminal", "ssh-add")
+    assert proc.stdout == ""
+
+
+def test_key_missing_from_agent_names_fingerprint(private_home: Path, ed25519: Path, agent) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    agent.remove_all()
+    other = make_key(private_home / "elsewhere", "other")
+    agent.add(other)
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    assert_clean_error(run_cli("--eval", "sue-mgr"), f"the key {fp} is not in ssh-agent")
+
+
+def test_locked_agent_has_its_own_message(private_home: Path, ed25519: Path, agent) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    agent.lock()
+    assert_clean_error(run_cli("--eval", "sue-mgr"), "locked", "ssh-add -X")
+
+
+def test_destination_constrained_key_refusal(private_home: Path, ssh_dir: Path, agent) -> None:
+    key = make_key(ssh_dir)
+    host = make_key(ssh_dir / "host", "host_key", passphrase="")
+    known = ssh_dir / "known_hosts_test"
+    known.write_text("somehost.example " + Path(str(host) + ".pub").read_text())
+    agent.add(key, "-H", str(known), "-h", "somehost.example")
+    _creds(private_home)
+    proc = run_cli("--profile", "sue-mgr", "--encrypt")
+    assert_clean_error(proc, "refused to sign", "destination-constrained")
+
+
+def test_agent_socket_gone(private_home: Path, ed25519: Path, agent) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    agent.stop()
+    time.sleep(0.2)
+    assert_clean_error(run_cli("--eval", "sue-mgr"), "is gone")
+
+
+def test_forwarded_agent_key_without_a_file_is_allowed(private_home: Path, ssh_dir: Path, agent,
+                                                       tmp_path: Path) -> None:
+    elsewhere = make_key(tmp_path / "laptop", "id_ed25519")
+    agent.add(elsewhere)
+    _creds(private_home)
+    proc = run_cli("--profile", "sue-mgr", "--encrypt")  # default ~/.ssh/id_ed25519 does not exist here
+    assert proc.returncode == 0, proc.stderr
+    assert "forwarded agent" in proc.stderr
+    assert run_cli("--show-decrypted", "sue-mgr").stdout == MANAGER
+
+
+def test_show_encrypted_needs_no_agent(private_home: Path, ed25519: Path, agent,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    proc = run_cli("--show-encrypted", "sue-mgr")
+    assert proc.returncode == 0
+    assert f"# sealed for SSH key {fp}" in proc.stdout
+    assert "AKIAMANAGERKEY000001" not in proc.stdout
+
+
+def test_eval_of_sealed_profile_exports_plaintext(private_home: Path, ed25519: Path) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    proc = run_cli("--eval", "sue-mgr", "--shell", "sh")
+    assert proc.stdout.splitlines()[:3] == ["export AWS_ACCESS_KEY_ID='AKIAMANAGERKEY000001'",
+                                            "export AWS_SECRET_ACCESS_KEY='manager/secret+KEY'",
+                                            "unset AWS_SESSION_TOKEN"]
+
+
+def test_lazy_decryption_reads_without_the_agent(private_home: Path, ed25519: Path, agent,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    _creds(private_home, MANAGER + "[plain]\naws_access_key_id = AKIAPLAINPLAINPLAIN1\naws_secret_access_key = p\n")
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/nonexistent/agent.sock")
+    profiles = iamsorry.read_aws_credentials(auto_decrypt=True)  # must not touch the agent
+    assert profiles["plain"]["aws_access_key_id"] == "AKIAPLAINPLAINPLAIN1"
+    assert "sealed" not in repr(profiles["sue-mgr"]) and "AKIA" not in repr(profiles["sue-mgr"])
+    with pytest.raises(iamsorry.AgentError):
+        profiles["sue-mgr"]["aws_access_key_id"]
+    monkeypatch.setenv("SSH_AUTH_SOCK", agent.sock)
+    assert profiles["sue-mgr"]["aws_access_key_id"] == "AKIAMANAGERKEY000001"
+    assert "AKIAMANAGERKEY000001" not in (private_home / ".aws" / "credentials").read_text()
+
+
+def _run_in_pty(args: list[str], env: dict[str, str], answers: list[str], timeout: float = 30) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as its controlling tty and type answers
+    at each passphrase prompt; return (exit status, everything shown)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.execve(sys.executable, [sys.executable, str(SCRIPT), *args], env)
+    shown, deadline = b"", time.monotonic() + timeout
+    pending = list(answers)
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if pending and b"passphrase" in chunk and chunk.rstrip().endswith(b":"):
+                os.write(fd, (pending.pop(0) + "\n").encode())
+    else:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_passphrase_prompt_under_a_pty(private_home: Path, ed25519: Path, agent) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    status, shown = _run_in_pty(["--show-decrypted", "sue-mgr"], env, ["wrong one", PASSPHRASE])
+    assert status == 0, shown
+    assert "Wrong passphrase" in shown
+    assert "aws_access_key_id = AKIAMANAGERKEY000001" in shown
+
+
+def test_three_wrong_passphrases_give_up(private_home: Path, ed25519: Path) -> None:
+    _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    status, shown = _run_in_pty(["--show-decrypted", "sue-mgr"], env, ["a", "b", "c"])
+    assert status != 0
+    assert "wrong passphrase" in shown and "Traceback" not in shown
+
+
+def test_encrypt_refuses_default_with_the_seed_message(private_home: Path, ed25519: Path) -> None:
+    _creds(private_home, "[default]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    assert_clean_error(run_cli("--profile", "default", "--encrypt"), "Cannot encrypt 'default' profile")
+    assert_clean_error(run_cli("--encrypt", env={"AWS_PROFILE": "default"}), "Cannot encrypt 'default' profile")
