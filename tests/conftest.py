@@ -97,3 +97,84 @@ def ed25519(ssh_dir: Path, agent):
     key = make_key(ssh_dir)
     agent.add(key)
     return key
+
+
+ADMIN_KEY = ("AKIAADMINADMINADMIN1", "admin/secret/admin/secret/admin/secret00")
+REGION = "us-west-2"
+
+
+class FakeAws:
+    """The local moto server (with the identity shim) that a test talks to."""
+
+    def __init__(self, url: str, shim, home: Path) -> None:
+        self.url = url
+        self.shim = shim
+        self.home = home
+
+    def client(self, service: str, key_id: str = ADMIN_KEY[0], secret: str = ADMIN_KEY[1],
+               token: str | None = None):
+        import boto3
+
+        return boto3.client(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id=key_id,
+                            aws_secret_access_key=secret, aws_session_token=token)
+
+    def whoami(self, profile: dict[str, str]) -> str:
+        """The ARN AWS says a credentials profile belongs to."""
+        sts = self.client("sts", profile["aws_access_key_id"], profile["aws_secret_access_key"],
+                          profile.get("aws_session_token"))
+        return str(sts.get_caller_identity()["Arn"])
+
+    def profiles(self) -> dict:
+        return iamsorry.read_aws_credentials()
+
+    def key_status(self, user: str) -> dict[str, str]:
+        keys = self.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
+        return {k["AccessKeyId"]: k["Status"] for k in keys}
+
+
+@pytest.fixture(scope="session")
+def moto_url():
+    from moto_shim import start_server
+
+    url, stop = start_server()
+    yield url
+    stop()
+
+
+@pytest.fixture
+def aws(moto_url: str, private_home: Path, monkeypatch: pytest.MonkeyPatch) -> FakeAws:
+    """A clean fake AWS account, the CLI pointed at it, and an admin profile."""
+    import urllib.request
+
+    import moto_shim
+
+    urllib.request.urlopen(urllib.request.Request(moto_url + "/moto-api/reset", method="POST")).read()
+    shim = moto_shim.install()
+    shim.reset()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    monkeypatch.setenv("IAM_SORRY_PROPAGATION_TIMEOUT", "20")
+    aws_dir = private_home / ".aws"
+    aws_dir.mkdir(exist_ok=True)
+    creds = aws_dir / "credentials"
+    creds.write_text(f"# admin's profile\n[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\n"
+                     f"aws_secret_access_key = {ADMIN_KEY[1]}\n")
+    creds.chmod(0o600)
+    (aws_dir / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
+    return FakeAws(moto_url, shim, private_home)
+
+
+def parse_handover(stdout: str) -> tuple[str, str]:
+    key_id = stdout.split("aws_access_key_id = ", 1)[1].split()[0]
+    secret = stdout.split("aws_secret_access_key = ", 1)[1].split()[0]
+    return key_id, secret
+
+
+@pytest.fixture
+def manager(aws: FakeAws, ed25519: Path) -> FakeAws:
+    """The seed Quick Start up to a bootstrapped sue-mgr with [sue]."""
+    made = run_cli("--profile", "aws-admin", "--create-iam-sorry", "sue-mgr")
+    assert made.returncode == 0, made.stderr
+    key_id, secret = parse_handover(made.stdout)
+    boot = run_cli(env={"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": REGION})
+    assert boot.returncode == 0, boot.stderr
+    return aws

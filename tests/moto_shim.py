@@ -141,6 +141,13 @@ class Shim:
             self._sessions: dict[str, _Session] = {}
             self._issued: dict[str, float] = {}
 
+    def settle(self) -> None:
+        """Treat every key issued so far as propagated, so that a
+        ``propagation_delay`` set next applies only to keys created later."""
+        with self._lock:
+            for key in self._issued:
+                self._issued[key] = float("-inf")
+
     def reset_calls(self) -> None:
         with self._lock:
             self.calls.clear()
