@@ -76,7 +76,7 @@ def test_every_minted_profile_belongs_to_its_user(manager: FakeAws) -> None:
         profile = manager.profiles()[name]
         assert manager.whoami(profile) == f"arn:aws:iam::123456789012:user/{name}"
         assert profile["credentials_owner"] == name
-        left = (iamsorry.parse_time(profile["expiration"]) - iamsorry.utcnow()).total_seconds()
+        left = iamsorry.parse_time(profile["expiration"]) - iamsorry.now()
         assert int(hours) * 3600 - 120 < left <= int(hours) * 3600
         assert manager.key_status(name) == {}
     # "sue-analytics" became a user, not a role
@@ -181,15 +181,13 @@ def test_eval_refreshes_expired_and_nearly_expired_credentials(manager: FakeAws)
     fresh = manager.profiles()["sue"]
     assert fresh["aws_access_key_id"] != old and fresh["aws_access_key_id"] in proc.stdout
     assert manager.whoami(fresh).endswith("user/sue")
-    soon = iamsorry.format_time(iamsorry.utcnow() + __import__("datetime").timedelta(minutes=10))
+    soon = iamsorry.format_time(iamsorry.now() + 600)
     _expire(manager.home, "sue", soon)
     assert fresh["aws_access_key_id"] not in run_cli("--eval", "sue").stdout  # inside the 15-minute window
 
 
 def test_min_ttl_zero_keeps_credentials_until_expiry(manager: FakeAws) -> None:
-    import datetime
-
-    soon = iamsorry.format_time(iamsorry.utcnow() + datetime.timedelta(minutes=10))
+    soon = iamsorry.format_time(iamsorry.now() + 600)
     _expire(manager.home, "sue", soon)
     key = manager.profiles()["sue"]["aws_access_key_id"]
     assert key in run_cli("--eval", "sue", "--min-ttl", "5").stdout

@@ -339,3 +339,41 @@ def test_version_and_help(private_home: Path) -> None:
     helptext = run_cli("--help").stdout
     for group in ("for users", "for managers", "for administrators", "output", "examples:"):
         assert group in helptext
+
+
+@pytest.mark.parametrize("text", [
+    "2026-11-24T03:14:15Z", "2026-11-24T03:14:15.250Z", "2026-11-24 03:14:15", "2026-11-24T03:14:15+00:00",
+    "2000-02-29T23:59:59Z", "1970-01-01T00:00:00Z", "2100-03-01T00:00:00z", "2026-11-24T05:14:15+02:00",
+    "2038-01-19T03:14:08.999999Z",
+])
+def test_parse_time_agrees_with_datetime(text: str) -> None:
+    from datetime import datetime, timezone
+
+    when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    assert iamsorry.parse_time(text) == pytest.approx(when.timestamp(), abs=1e-6)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "2026-13-01T00:00:00Z", "2026-11-24T03:14:99Z x"])
+def test_parse_time_rejects_nonsense(text: str) -> None:
+    assert iamsorry.parse_time(text) is None
+
+
+@pytest.mark.parametrize("argv", [
+    ["--eval", "sue"], ["--eval=sue", "--shell", "csh"], ["--credential-process", "sue", "--min-ttl", "30"],
+    ["-q", "--eval", "sue", "--profile", "sue-mgr", "--ssh-key", "/k", "--duration", "12"],
+    ["--eval", "sue", "--debug", "--shell=fish"],
+])
+def test_fast_argument_path_matches_argparse(argv: list[str]) -> None:
+    fast = iamsorry._fast_args(argv)
+    assert fast is not None
+    assert vars(fast) == vars(iamsorry.build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("argv", [
+    ["--eval"], ["--eval", "sue", "--eval", "x"], ["--eval", "sue", "sue"], ["--eval", "sue", "--profiles"],
+    ["--shell", "zsh", "--eval", "sue"], ["sue"], ["--eval", "-x"], [],
+])
+def test_fast_argument_path_leaves_the_rest_to_argparse(argv: list[str]) -> None:
+    assert iamsorry._fast_args(argv) is None
