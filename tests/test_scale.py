@@ -1,0 +1,127 @@
+"""Batch-job scale: single-flight refresh, and crash safety under SIGKILL,
+SIGINT and SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPT, FakeAws, iamsorry, run_cli
+
+COMMENTS = "# hand-written: keep me\n; and me\n"
+
+
+def _expire(profile: str = "sue") -> None:
+    with iamsorry.Store().edit() as s:
+        s.creds.set(profile, {"expiration": "2020-01-01T00:00:00Z"})
+
+
+def _decorate(home: Path) -> tuple[set[str], str]:
+    """Add comments and bystander profiles a careless writer would lose."""
+    path = home / ".aws" / "credentials"
+    text = COMMENTS + path.read_text() + "".join(
+        f"\n# bystander {i}\n[other{i}]\naws_access_key_id = AKIAOTHER{i:011d}\naws_secret_access_key = x\n"
+        for i in range(5))
+    path.write_text(text)
+    return set(iamsorry.read_aws_credentials()), iamsorry.read_aws_credentials()["sue-mgr"]["aws_secret_access_key"]
+
+
+def _spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+
+
+def test_forty_parallel_evals_mint_once(manager: FakeAws) -> None:
+    names, sealed = _decorate(manager.home)
+    _expire()
+    manager.shim.reset_calls()
+    procs = [_spawn("--eval", "sue") for _ in range(40)]
+    results = [(p.wait(timeout=240), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    assert all(code == 0 for code, _, _ in results), [err for code, _, err in results if code][:3]
+    assert len({out for _, out, _ in results}) == 1  # identical credentials for every job
+    assert manager.shim.calls["GetSessionToken"] == 1
+    assert manager.shim.calls["CreateAccessKey"] == 1
+    path = manager.home / ".aws" / "credentials"
+    assert path.read_text().startswith(COMMENTS)
+    assert set(iamsorry.read_aws_credentials()) == names
+    assert iamsorry.read_aws_credentials()["sue-mgr"]["aws_secret_access_key"] == sealed
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert manager.whoami(iamsorry.read_aws_credentials()["sue"]).endswith("user/sue")
+
+
+def test_waiting_is_bounded_and_names_the_lock(manager: FakeAws) -> None:
+    _expire()
+    manager.shim.settle()
+    manager.shim.propagation_delay = 30  # the first refresher holds the lock while it waits
+    holder = _spawn("--eval", "sue")
+    try:
+        deadline = time.monotonic() + 30
+        while manager.shim.calls["GetSessionToken"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc = run_cli("--eval", "sue", env={"IAM_SORRY_LOCK_TIMEOUT": "1"})
+        assert proc.returncode != 0 and "credentials.lock" in proc.stderr and "Traceback" not in proc.stderr
+    finally:
+        holder.send_signal(signal.SIGINT)
+        holder.wait(timeout=60)
+    manager.shim.propagation_delay = 0
+
+
+def _cleanup_leftover_keys(aws: FakeAws) -> None:
+    """SIGKILL leaves the temporary key behind (nothing can run); an
+    administrator would delete it.  Keep sue below AWS's 2-key limit."""
+    iam = aws.client("iam")
+    for key_id in aws.key_status("sue"):
+        iam.delete_access_key(UserName="sue", AccessKeyId=key_id)
+
+
+def test_two_hundred_refreshers_killed_at_random_moments(manager: FakeAws) -> None:
+    names, sealed = _decorate(manager.home)
+    config_before = (manager.home / ".aws" / "config").read_text()
+    rng = random.Random(20261124)
+    killed = 0
+    for _ in range(50):
+        _expire()
+        procs = [_spawn("--eval", "sue") for _ in range(4)]
+        for proc in procs:
+            time.sleep(rng.uniform(0, 0.4))
+            proc.kill()
+            killed += 1
+        for proc in procs:
+            proc.wait(timeout=60)
+        profiles = iamsorry.read_aws_credentials()  # parses, or raises
+        assert set(profiles) == names
+        assert profiles["sue-mgr"]["aws_secret_access_key"] == sealed
+        assert (manager.home / ".aws" / "credentials").read_text().startswith(COMMENTS)
+        assert iamsorry.load_ini(str(manager.home / ".aws" / "config")).text() == config_before
+        _cleanup_leftover_keys(manager)
+    assert killed == 200
+    values = iamsorry.read_aws_credentials(auto_decrypt=True)["sue-mgr"]
+    manager.client("sts", values["aws_access_key_id"], values["aws_secret_access_key"]).get_caller_identity()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_mint_deletes_its_temporary_key(manager: FakeAws, sig: int) -> None:
+    _expire()
+    manager.shim.settle()
+    manager.shim.propagation_delay = 60  # park the process inside the mint, key created
+    manager.shim.reset_calls()
+    proc = _spawn("--eval", "sue")
+    deadline = time.monotonic() + 30
+    while manager.shim.calls["GetSessionToken"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(manager.key_status("sue")) == 1
+    os.killpg(proc.pid, sig)
+    code = proc.wait(timeout=60)
+    stderr = proc.stderr.read()  # type: ignore[union-attr]
+    manager.shim.propagation_delay = 0
+    assert code == 130 and "interrupted" in stderr and "Traceback" not in stderr
+    assert manager.key_status("sue") == {}
+    assert manager.shim.calls["DeleteAccessKey"] == 1
+    assert set(iamsorry.read_aws_credentials()) >= {"sue", "sue-mgr"}
