@@ -1,0 +1,190 @@
+"""Fitting the AWS ecosystem: credential_process, every shell, expiry at a
+glance, self-refreshing boto3 sessions, and quiet, masked messages."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REGION, FakeAws, assert_clean_error, iamsorry, run_cli
+
+HOSTILE_SECRET = "it's $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\back;semi $HOME\tend"
+HOSTILE_TOKEN_LINES = ["first'line $(touch PWNED3)", "second `touch PWNED4` line!"]
+DUMP = "import json, os; print(json.dumps({k: os.environ.get(k) for k in sorted(os.environ) if k.startswith('AWS_')}))"
+
+
+def _hostile_profile(home: Path) -> None:
+    path = home / ".aws" / "credentials"
+    path.parent.mkdir(exist_ok=True)
+    token = HOSTILE_TOKEN_LINES[0] + "\n    " + HOSTILE_TOKEN_LINES[1]
+    path.write_text(f"[hostile]\naws_access_key_id = ASIAHOSTILEHOSTILE01\naws_secret_access_key = {HOSTILE_SECRET}\n"
+                    f"aws_session_token = {token}\nexpiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n")
+
+
+EXPECTED_ENV = {
+    "AWS_ACCESS_KEY_ID": "ASIAHOSTILEHOSTILE01",
+    "AWS_SECRET_ACCESS_KEY": HOSTILE_SECRET,
+    "AWS_SESSION_TOKEN": "\n".join(HOSTILE_TOKEN_LINES),
+    "AWS_CREDENTIAL_EXPIRATION": "2099-01-01T00:00:00Z",
+    "AWS_DEFAULT_REGION": "eu-central-1",
+}
+
+EXPECTED_TEXT = {
+    "sh": "export AWS_ACCESS_KEY_ID='ASIAHOSTILEHOSTILE01'\n"
+          "export AWS_SECRET_ACCESS_KEY='it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\back;semi $HOME\tend'\n",
+    "csh": "setenv AWS_ACCESS_KEY_ID 'ASIAHOSTILEHOSTILE01';\n"
+           "setenv AWS_SECRET_ACCESS_KEY 'it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" \\!bang \\back;semi $HOME\tend';\n",
+    "fish": "set -gx AWS_ACCESS_KEY_ID 'ASIAHOSTILEHOSTILE01';\n"
+            "set -gx AWS_SECRET_ACCESS_KEY 'it\\'s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\\\back;semi $HOME\tend';\n",
+}
+
+RUNNERS = {  # how a user feeds --eval output to each shell
+    "sh": ["sh", "-c", '. "$1" && "$2" -c "$3"', "sh"],
+    "bash": ["bash", "-c", 'eval "$(cat "$1")" && "$2" -c "$3"', "bash"],
+    "dash": ["dash", "-c", '. "$1" && "$2" -c "$3"', "dash"],
+    "tcsh": ["tcsh", "-f", "-c", 'source $1:q && $2:q -c $3:q'],
+    "csh": ["csh", "-f", "-c", 'source $1:q && $2:q -c $3:q'],
+    "fish": ["fish", "--no-config", "-c", 'source $argv[1]; and $argv[2] -c $argv[3]'],
+}
+SYNTAX = {"sh": "sh", "bash": "sh", "dash": "sh", "tcsh": "csh", "csh": "csh", "fish": "fish"}
+
+
+@pytest.mark.parametrize("shell", list(SYNTAX))
+def test_hostile_values_arrive_unchanged_in_every_shell(private_home: Path, tmp_path: Path, shell: str) -> None:
+    _hostile_profile(private_home)
+    (private_home / ".aws" / "config").write_text("[profile hostile]\nregion = eu-central-1\n")
+    proc = run_cli("--eval", "hostile", "--shell", SYNTAX[shell])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(EXPECTED_TEXT[SYNTAX[shell]])
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed; its exact text was checked")
+    script = tmp_path / "exports"
+    script.write_text(proc.stdout)
+    clean_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AWS_SESSION_TOKEN": "stale"}
+    argv = [*RUNNERS[shell], str(script), sys.executable, DUMP]
+    out = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, env=clean_env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == EXPECTED_ENV
+    assert not list(tmp_path.glob("PWNED*"))
+
+
+def test_shell_is_detected_from_SHELL(private_home: Path) -> None:
+    _hostile_profile(private_home)
+    for shell, prefix in (("/bin/tcsh", "setenv "), ("/usr/bin/fish", "set -gx "), ("/bin/zsh", "export ")):
+        assert run_cli("--eval", "hostile", env={"SHELL": shell}).stdout.startswith(prefix)
+
+
+def test_static_credentials_unset_the_token_in_each_syntax(private_home: Path) -> None:
+    path = private_home / ".aws" / "credentials"
+    path.parent.mkdir()
+    path.write_text("[svc]\naws_access_key_id = AKIASVCSVCSVCSVCSVC1\naws_secret_access_key = s\n")
+    for shell, line in (("sh", "unset AWS_SESSION_TOKEN\n"), ("csh", "unsetenv AWS_SESSION_TOKEN;\n"),
+                        ("fish", "set -e AWS_SESSION_TOKEN;\n")):
+        assert line in run_cli("--eval", "svc", "--shell", shell).stdout
+
+
+def test_credential_process_with_the_real_aws_cli(manager: FakeAws) -> None:
+    proc = run_cli("--add-process-profile", "sue")
+    assert proc.returncode == 0, proc.stderr
+    cfg = iamsorry.read_aws_config()["sue-auto"]
+    assert cfg["credential_process"].endswith("--credential-process sue")
+    doc = json.loads(run_cli("--credential-process", "sue").stdout)
+    assert set(doc) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}
+    assert doc["Version"] == 1 and doc["Expiration"].endswith("Z")
+    env = {**os.environ, "AWS_REGION": REGION}
+    ask = ["aws", "sts", "get-caller-identity", "--profile", "sue-auto", "--output", "json"]
+    first = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout)["Arn"] == "arn:aws:iam::123456789012:user/sue"
+    with iamsorry.Store().edit() as s:  # [sue] runs out; the next AWS CLI call must still work
+        s.creds.set("sue", {"expiration": "2020-01-01T00:00:00Z"})
+    manager.shim.expire_sessions()
+    manager.shim.reset_calls()
+    again = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["Arn"] == "arn:aws:iam::123456789012:user/sue"
+    assert manager.shim.calls["GetSessionToken"] == 1
+
+
+def test_credential_process_refreshes_inside_botocores_window(manager: FakeAws) -> None:
+    soon = iamsorry.format_time(iamsorry.now() + 14 * 60)  # botocore refreshes at 15 min
+    with iamsorry.Store().edit() as s:
+        s.creds.set("sue", {"expiration": soon})
+    doc = json.loads(run_cli("--credential-process", "sue", "--min-ttl", "0").stdout)
+    assert iamsorry.parse_time(doc["Expiration"]) - iamsorry.now() > 35 * 3600
+
+
+def test_credential_process_of_the_manager_is_long_term(manager: FakeAws) -> None:
+    doc = json.loads(run_cli("--credential-process", "sue-mgr").stdout)
+    assert "Expiration" not in doc and "SessionToken" not in doc
+    assert doc["AccessKeyId"].startswith("AKIA")
+
+
+def test_credential_process_errors_are_one_line_and_no_stdout(private_home: Path) -> None:
+    proc = run_cli("--credential-process", "ghost")
+    assert_clean_error(proc, "[ghost]")
+    assert proc.stdout == ""
+
+
+def test_profiles_show_owner_and_time_left(manager: FakeAws) -> None:
+    assert run_cli("--role", "sue-lambda").returncode == 0
+    soon = iamsorry.format_time(iamsorry.now() + 2 * 3600 + 5 * 60 + 30)
+    with iamsorry.Store().edit() as s:
+        s.creds.set("sue", {"expiration": soon})
+        s.creds.set("old", {"aws_access_key_id": "ASIAOLDOLDOLDOLDOLD1", "aws_secret_access_key": "x",
+                            "aws_session_token": "t", "expiration": iamsorry.format_time(iamsorry.now() - 7300),
+                            "credentials_owner": "sue-old"})
+    lines = {ln.split()[0]: ln.split() for ln in run_cli("--list").stdout.splitlines()[1:]}
+    assert lines["sue"][1:] == ["session", "sue", "2h05m"]
+    assert lines["old"][1:] == ["session", "sue-old", "EXPIRED", "2h01m", "ago"]
+    assert lines["sue-mgr"][1:3] == ["manager", "sue-mgr"]
+    assert lines["sue-lambda"][1:3] == ["role", "sue"]
+    rows = {r["profile"]: r for r in json.loads(run_cli("--profiles", "--json").stdout)}
+    assert rows["sue"]["kind"] == "session" and 2 * 3600 < rows["sue"]["seconds_left"] <= 2 * 3600 + 330
+    assert rows["old"]["seconds_left"] < 0 and rows["sue-lambda"]["role_arn"].endswith("role/iam-sorry-sue-lambda")
+
+
+def test_boto3_session_refreshes_itself_mid_use(manager: FakeAws, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Credentials that run out while a service holds the session: the next
+    call re-mints through iam-sorry and is sue's fresh identity."""
+    from datetime import datetime, timedelta, timezone
+
+    assert run_cli("sue", "--duration", "1").returncode == 0
+    session = iamsorry.create_session_with_profile("sue")
+    sts = session.client("sts")
+    assert sts.get_caller_identity()["Arn"].endswith("user/sue")
+    creds = session.get_credentials()
+    first_key = creds.get_frozen_credentials().access_key
+    # Fifty-five minutes later, for botocore and for iam-sorry alike; the old
+    # session is dead at the server.
+    skew = 55 * 60
+    monkeypatch.setattr(iamsorry, "now", lambda: __import__("time").time() + skew)
+    monkeypatch.setattr(creds, "_time_fetcher", lambda: datetime.now(timezone.utc) + timedelta(seconds=skew))
+    manager.shim.expire_sessions()
+    identity = sts.get_caller_identity()
+    assert identity["Arn"].endswith("user/sue")
+    assert creds.get_frozen_credentials().access_key != first_key
+    assert manager.profiles()["sue"]["aws_access_key_id"] == creds.get_frozen_credentials().access_key
+
+
+def test_quiet_silences_all_but_errors(manager: FakeAws) -> None:
+    loud = run_cli("sue-x")
+    assert "Successfully updated" in loud.stderr
+    quiet = run_cli("sue-y", "--quiet")
+    assert quiet.returncode == 0 and quiet.stderr == ""
+    assert_clean_error(run_cli("bob", "--quiet"), "outside your namespace")
+
+
+def test_messages_mask_access_key_ids(manager: FakeAws) -> None:
+    assert iamsorry.mask_key_id("AKIAIOSFODNN7EXAMPLE") == "AKIA…MPLE"
+    assert iamsorry.mask_key_id("ASIAIOSFODNN7EXAMPLE") == "ASIA…MPLE"
+    proc = run_cli("sue", env={"NO_COLOR": "1"})
+    keys = [k for k in manager.key_status("sue-mgr")] + [manager.profiles()["sue"]["aws_access_key_id"]]
+    for key in keys:
+        assert key not in proc.stderr
+    assert "\033[" not in proc.stderr
