@@ -12,6 +12,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -19,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import REGION, FakeAws, iamsorry, parse_handover
 
 ROOT = Path(__file__).resolve().parent.parent
 BUILD_PY = ROOT / "build.py"
@@ -242,6 +245,77 @@ def test_slim_bundle_has_only_the_needed_models(builds: dict[str, Path], bare_py
     proc = run_pyz(bare_python, out, str(script), env=node_env(tmp_path, SHIV_INTERPRETER="1"))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "no s3"
+
+
+# --------------------------------------------------------------------------
+# Acceptance: the seed Quick Start on a node that has only python3.
+
+
+def _aws_node_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """node_env plus what the aws fixture set up (endpoint, agent socket):
+    node_env drops IAM_SORRY_*, so the short propagation timeout comes back
+    explicitly, or a failing key check would wait for the default."""
+    return node_env(tmp_path, IAM_SORRY_PROPAGATION_TIMEOUT="20", **extra)
+
+
+def _quick_start(pyz: Path, python: Path, aws: FakeAws, env: dict[str, str]) -> tuple[str, str]:
+    """Administrator creates sue-mgr, the user bootstraps: both with the
+    bundle on ``python``.  Returns the hand-over key."""
+    made = run_pyz(python, pyz, "--profile", "aws-admin", "--create-iam-sorry", "sue-mgr", env=env)
+    assert made.returncode == 0, made.stderr
+    key_id, secret = parse_handover(made.stdout)
+    assert aws.key_status("sue-mgr") == {key_id: "Active"}
+    # The user exports the hand-over key and runs the bundle bare: ssh-agent
+    # signature, AES-GCM sealing, IAM key rotation and the first mint.
+    boot_env = {**env, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": REGION}
+    boot = run_pyz(python, pyz, env=boot_env)
+    assert boot.returncode == 0, boot.stderr
+    assert secret not in boot.stdout + boot.stderr
+    return key_id, secret
+
+
+def test_bundle_bootstraps_the_quick_start_on_a_bare_interpreter(
+    pyz: Path, bare_python: Path, aws: FakeAws, ed25519: Path, tmp_path: Path
+) -> None:
+    env = _aws_node_env(tmp_path)
+    # The first run extracts into the private SHIV_ROOT; the next ones reuse it.
+    proc = run_pyz(bare_python, pyz, "--version", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"iam-sorry {iamsorry.__version__}"
+
+    key_id, _ = _quick_start(pyz, bare_python, aws, env)
+    profiles = aws.profiles()
+    assert iamsorry.is_sealed(profiles["sue-mgr"]["aws_access_key_id"])
+    assert aws.key_status("sue-mgr").get(key_id) == "Inactive"  # the key the administrator saw
+    assert aws.whoami(profiles["sue"]) == "arn:aws:iam::123456789012:user/sue"
+
+
+def test_bundle_eval_in_bash_yields_sues_identity(
+    pyz: Path, bare_python: Path, aws: FakeAws, ed25519: Path, tmp_path: Path
+) -> None:
+    env = _aws_node_env(tmp_path)
+    _quick_start(pyz, bare_python, aws, env)
+    # As on a node: the file copied into a directory and run through its
+    # shebang, so `python3` must resolve to the bare venv, first on PATH.
+    node = tmp_path / "node"
+    node.mkdir()
+    shutil.copy2(pyz, node / "iam-sorry.pyz")
+    # The identity check runs the test's own interpreter by absolute path,
+    # because `python3` on this PATH is the bare one without boto3.  It sees
+    # no AWS keys but what the eval exported: there is no [default] profile.
+    whoami = "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])"
+    script = "\n".join([
+        "set -e",
+        f'[ "$(command -v python3)" = {shlex.quote(str(bare_python.parent / "python3"))} ]',
+        'eval "$(./iam-sorry.pyz --eval sue)"',
+        '[ -n "$AWS_SESSION_TOKEN" ]',
+        f"{shlex.quote(sys.executable)} -c {shlex.quote(whoami)}",
+    ])  # fmt: skip
+    path = f"{bare_python.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=node, timeout=300,
+                         env={**env, "PATH": path})  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "arn:aws:iam::123456789012:user/sue"
 
 
 # --------------------------------------------------------------------------

@@ -36,11 +36,11 @@ EXPECTED_ENV = {
 
 EXPECTED_TEXT = {
     "sh": "export AWS_ACCESS_KEY_ID='ASIAHOSTILEHOSTILE01'\n"
-          "export AWS_SECRET_ACCESS_KEY='it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\back;semi $HOME\tend'\n",
+          "export AWS_SECRET_ACCESS_KEY='it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\back;semi $HOME\tend'\n",  # noqa: E501
     "csh": "setenv AWS_ACCESS_KEY_ID 'ASIAHOSTILEHOSTILE01';\n"
-           "setenv AWS_SECRET_ACCESS_KEY 'it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" \\!bang \\back;semi $HOME\tend';\n",
+           "setenv AWS_SECRET_ACCESS_KEY 'it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" \\!bang \\back;semi $HOME\tend';\n",  # noqa: E501
     "fish": "set -gx AWS_ACCESS_KEY_ID 'ASIAHOSTILEHOSTILE01';\n"
-            "set -gx AWS_SECRET_ACCESS_KEY 'it\\'s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\\\back;semi $HOME\tend';\n",
+            "set -gx AWS_SECRET_ACCESS_KEY 'it\\'s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\\\back;semi $HOME\tend';\n",  # noqa: E501
 }
 
 RUNNERS = {  # how a user feeds --eval output to each shell
