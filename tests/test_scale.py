@@ -60,6 +60,7 @@ def test_waiting_is_bounded_and_names_the_lock(manager: FakeAws) -> None:
     _expire()
     manager.shim.settle()
     manager.shim.propagation_delay = 30  # the first refresher holds the lock while it waits
+    manager.shim.reset_calls()
     holder = _spawn("--eval", "sue")
     try:
         deadline = time.monotonic() + 30
