@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib.machinery
 import importlib.util
 import os
+import pty
+import select
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +181,30 @@ def manager(aws: FakeAws, ed25519: Path) -> FakeAws:
     boot = run_cli(env={"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": REGION})
     assert boot.returncode == 0, boot.stderr
     return aws
+
+
+def run_in_pty(args: list[str], env: dict[str, str], answers: list[str], timeout: float = 30,
+               prompt: bytes = b"passphrase") -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as its controlling tty and type answers
+    at each passphrase prompt; return (exit status, everything shown)."""
+    pid, fd = pty.fork()
+    if pid == 0:  # child
+        os.execve(sys.executable, [sys.executable, str(SCRIPT), *args], env)
+    shown, deadline = b"", time.monotonic() + timeout
+    pending = list(answers)
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            shown += chunk
+            if pending and prompt in chunk and chunk.rstrip().endswith((b":", b"]")):
+                os.write(fd, (pending.pop(0) + "\n").encode())
+    else:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")

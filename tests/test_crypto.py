@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import base64
 import os
-import pty
-import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, assert_clean_error, iamsorry, run_cli
+from conftest import assert_clean_error, iamsorry, run_cli, run_in_pty
 from sshkit import PASSPHRASE, change_passphrase, make_key
 
 MANAGER = "[sue-mgr]\naws_access_key_id = AKIAMANAGERKEY000001\naws_secret_access_key = manager/secret+KEY\n"
@@ -265,37 +262,11 @@ def test_lazy_decryption_reads_without_the_agent(private_home: Path, ed25519: Pa
     assert "AKIAMANAGERKEY000001" not in (private_home / ".aws" / "credentials").read_text()
 
 
-def _run_in_pty(args: list[str], env: dict[str, str], answers: list[str], timeout: float = 30) -> tuple[int, str]:
-    """Run the CLI with a pseudo-terminal as its controlling tty and type answers
-    at each passphrase prompt; return (exit status, everything shown)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # child
-        os.execve(sys.executable, [sys.executable, str(SCRIPT), *args], env)
-    shown, deadline = b"", time.monotonic() + timeout
-    pending = list(answers)
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.2)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                break
-            if not chunk:
-                break
-            shown += chunk
-            if pending and b"passphrase" in chunk and chunk.rstrip().endswith(b":"):
-                os.write(fd, (pending.pop(0) + "\n").encode())
-    else:
-        os.kill(pid, 9)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
-
-
 def test_passphrase_prompt_under_a_pty(private_home: Path, ed25519: Path, agent) -> None:
     _creds(private_home)
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    status, shown = _run_in_pty(["--show-decrypted", "sue-mgr"], env, ["wrong one", PASSPHRASE])
+    status, shown = run_in_pty(["--show-decrypted", "sue-mgr"], env, ["wrong one", PASSPHRASE])
     assert status == 0, shown
     assert "Wrong passphrase" in shown
     assert "aws_access_key_id = AKIAMANAGERKEY000001" in shown
@@ -305,7 +276,7 @@ def test_three_wrong_passphrases_give_up(private_home: Path, ed25519: Path) -> N
     _creds(private_home)
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    status, shown = _run_in_pty(["--show-decrypted", "sue-mgr"], env, ["a", "b", "c"])
+    status, shown = run_in_pty(["--show-decrypted", "sue-mgr"], env, ["a", "b", "c"])
     assert status != 0
     assert "wrong passphrase" in shown and "Traceback" not in shown
 

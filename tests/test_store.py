@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, assert_clean_error, iamsorry, run_cli
+from conftest import SCRIPT, assert_clean_error, iamsorry, run_cli, run_in_pty
 
 NASTY = (
     "# my credentials, hand-edited\r\n"
@@ -377,3 +377,14 @@ def test_fast_argument_path_matches_argparse(argv: list[str]) -> None:
 ])
 def test_fast_argument_path_leaves_the_rest_to_argparse(argv: list[str]) -> None:
     assert iamsorry._fast_args(argv) is None
+
+
+@pytest.mark.parametrize(("answer", "removed"), [("y", True), ("n", False)])
+def test_reset_asks_on_a_terminal(private_home: Path, answer: str, removed: bool) -> None:
+    creds = _creds_path(private_home)
+    creds.write_text("[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
+                     "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n")
+    status, shown = run_in_pty(["--reset"], dict(os.environ), [answer], prompt=b"[y/N]")
+    assert "Remove manager [sue-mgr]" in shown
+    assert (status == 0) is removed
+    assert ("sue-mgr" in creds.read_text()) is not removed
