@@ -518,9 +518,6 @@ def bundle_cleanup(site_packages: str, now: float | None = None) -> list[str]:
     STAMP_REFRESH_SECONDS and only then scans the root, so most runs cost one
     stat.  The running build id is never touched, so concurrent runs are safe.
     """
-    import re
-    import shutil
-
     here = os.path.dirname(os.path.abspath(site_packages))
     root = os.path.dirname(here)
     now = time.time() if now is None else now
@@ -536,6 +533,9 @@ def bundle_cleanup(site_packages: str, now: float | None = None) -> list[str]:
         os.utime(stamp, (now, now))
     except OSError:
         return []  # read-only cache: not ours to tidy
+    import re  # only now: most runs return above, and these imports cost them milliseconds
+    import shutil
+
     current_id = os.path.basename(here).rsplit("_", 1)[-1]
     removed = []
     for name in sorted(os.listdir(root)):
