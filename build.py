@@ -418,7 +418,14 @@ def bundle_fast_site_packages(build_id: str) -> str | None:
     root = os.path.expanduser(os.environ.get("SHIV_ROOT") or "~/.shiv")
     name = os.path.basename(os.path.realpath(sys.argv[0]))
     site_packages = os.path.join(root, f"{name}_{build_id}", "site-packages")
-    return site_packages if os.path.isdir(site_packages) else None
+    for path in (site_packages, os.path.dirname(site_packages)):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return None
+        if st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return None  # not ours alone: never import from it on the fast path
+    return site_packages
 
 
 def bundle_enter(site_packages: str, module: str, function: str) -> None:

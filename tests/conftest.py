@@ -48,6 +48,7 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     iamsorry._SECRETS.clear()
     iamsorry.UI.once.clear()
+    iamsorry.UI.stream, iamsorry.UI.quiet = None, False
     return home
 
 

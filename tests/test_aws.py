@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import REGION, FakeAws, assert_clean_error, iamsorry, parse_handover, run_cli
+from conftest import ADMIN_KEY, REGION, FakeAws, assert_clean_error, iamsorry, parse_handover, run_cli
 
 
 def _bash(script: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -96,6 +96,8 @@ def test_mint_waits_for_key_propagation(manager: FakeAws) -> None:
     ("bob", "outside your namespace"),
     ("suex", "outside your namespace"),
     ("sue-mgr", "the manager itself"),
+    ("SUE-MGR", "the manager itself"),
+    ("sue-MGR", "the manager itself"),  # IAM names are unique regardless of case
     ("sue;rm -rf ~", "invalid IAM user name"),
 ])
 def test_namespace_refusals_create_nothing(manager: FakeAws, name: str, needle: str) -> None:
@@ -312,7 +314,7 @@ def test_bootstrap_store_failure_leaves_the_exported_key(aws: FakeAws, ed25519: 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(iamsorry.StoreError, match="No space left"):
         iamsorry.bootstrap(iamsorry.Store(), None, 36)
     monkeypatch.undo()
     assert (aws.home / ".aws" / "credentials").read_text() == before
@@ -381,3 +383,64 @@ def test_python_api_mints_for_the_named_user(manager: FakeAws) -> None:
     assert session.client("sts").get_caller_identity()["Arn"].endswith("user/sue")
     mgr_session = iamsorry.create_session_with_profile("sue-mgr")
     assert mgr_session.client("sts").get_caller_identity()["Arn"].endswith("user/sue-mgr")
+
+
+def test_bootstrap_config_write_failure_leaves_no_dead_key(aws: FakeAws, ed25519: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config file is written first; if that fails, the sealed key must
+    not stay on file while its AWS key is deleted."""
+    exported = _admin_made(aws)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", exported[0])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", exported[1])
+    monkeypatch.setenv("AWS_REGION", REGION)
+    before = (aws.home / ".aws" / "credentials").read_text()
+    real_replace = os.replace
+
+    def config_fails(src: str, dst: str) -> None:
+        if str(dst).endswith("config"):
+            raise OSError(122, "Disk quota exceeded")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", config_fails)
+    with pytest.raises(iamsorry.StoreError, match="quota"):
+        iamsorry.bootstrap(iamsorry.Store(), None, 36)
+    monkeypatch.undo()
+    assert (aws.home / ".aws" / "credentials").read_text() == before
+    _assert_a_working_key(aws, exported)
+
+
+def test_namespace_users_are_tagged_ours_so_no_other_manager_can_claim_them(manager: FakeAws) -> None:
+    iam = manager.client("iam")
+    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="sue")["Tags"]}
+    assert tags == {"owner": "sue", "delegated-by": "sue-mgr"}
+    iam.create_user(UserName="sue-legacy")  # made by the administrator, untagged
+    assert run_cli("sue-legacy").returncode == 0
+    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="sue-legacy")["Tags"]}
+    assert tags == {"owner": "sue", "delegated-by": "sue-mgr"}
+    assert manager.whoami(manager.profiles()["sue-legacy"]).endswith("user/sue-legacy")
+    # Another manager trying to claim sue's users finds them owned.
+    dirk = iamsorry.Manager("dirk-mgr", iamsorry.Creds(*ADMIN_KEY), "dirk-mgr", REGION)
+    with pytest.raises(iamsorry.NamespaceError, match="already delegated to 'sue'"):
+        iamsorry.chown_user(dirk, "sue-legacy", "sue")
+
+
+def test_minting_never_overwrites_a_long_term_or_sealed_profile(manager: FakeAws) -> None:
+    path = manager.home / ".aws" / "credentials"
+    path.write_text(path.read_text() + "\n[sue-ops]\naws_access_key_id = AKIAOPSOPSOPSOPSOPS1\n"
+                    "aws_secret_access_key = keep-me\n")
+    before = path.read_text()
+    users = {u["UserName"] for u in manager.client("iam").list_users()["Users"]}
+    assert_clean_error(run_cli("sue-ops"), "holds a long-term key")
+    assert path.read_text() == before
+    assert {u["UserName"] for u in manager.client("iam").list_users()["Users"]} == users
+
+
+def test_aws_error_messages_mask_key_ids() -> None:
+    from botocore.exceptions import ClientError
+
+    err = ClientError({"Error": {"Code": "NoSuchEntity",
+                                 "Message": "The Access Key with id AKIAIOSFODNN7EXAMPLE cannot be found"}},
+                      "DeleteAccessKey")
+    with pytest.raises(iamsorry.AwsError) as caught, iamsorry.aws_call("delete a key"):
+        raise err
+    assert "AKIAIOSFODNN7EXAMPLE" not in str(caught.value) and "AKIA…MPLE" in str(caught.value)

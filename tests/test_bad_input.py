@@ -55,7 +55,11 @@ def world(moto_url: str, tmp_path_factory: pytest.TempPathFactory):
     sue = iamsorry.read_aws_credentials(str(aws_dir / "credentials"))["sue"]
     w.secrets += [sue["aws_secret_access_key"], sue["aws_session_token"], ADMIN_KEY[1]]
     (aws_dir / "config").write_text((aws_dir / "config").read_text() +
-                                    "\n[profile sue-svc]\nrole_arn = arn:aws:iam::123456789012:role/other\n")
+                                    "\n[profile sue-svc]\nrole_arn = arn:aws:iam::123456789012:role/other\n"
+                                    "\n[profile loop-a]\nrole_arn = arn:aws:iam::123456789012:role/a\n"
+                                    "source_profile = loop-b\n"
+                                    "\n[profile loop-b]\nrole_arn = arn:aws:iam::123456789012:role/b\n"
+                                    "source_profile = loop-a\n")
     yield w
     agent.stop()
 
@@ -158,6 +162,10 @@ CASES: list[tuple[str, list[str], Setup | None, dict[str, str], str]] = [
     ("credentials unreadable", ["--eval", "sue"], _symlink_loop, {}, "cannot read"),
     ("credentials not utf-8", ["--profiles"], _not_utf8, {}, "not UTF-8"),
     ("unknown option", ["--frobnicate"], None, {}, "unrecognized arguments"),
+    ("min-ttl not shorter than duration", ["--eval", "sue", "--duration", "1", "--min-ttl", "90"], None, {},
+     "not shorter than --duration"),
+    ("role profiles in a loop", ["--eval", "loop-a"], None, {}, "loop through source_profile"),
+    ("bad timeout setting", ["--eval", "sue"], _expired, {"IAM_SORRY_LOCK_TIMEOUT": "soon"}, "IAM_SORRY_LOCK_TIMEOUT"),
     ("conflicting actions", ["--eval", "sue", "--profiles"], None, {}, "cannot be combined"),
     ("env keys expired (bootstrap)", [], _expired_session_env, {}, "ExpiredToken"),
     ("manager key revoked", ["sue"], _revoke, {}, "administrator"),

@@ -188,3 +188,25 @@ def test_messages_mask_access_key_ids(manager: FakeAws) -> None:
     for key in keys:
         assert key not in proc.stderr
     assert "\033[" not in proc.stderr
+
+
+
+def test_process_profile_quotes_a_path_with_spaces(private_home: Path, tmp_path: Path) -> None:
+    import shlex
+
+    folder = tmp_path / "my tools"
+    folder.mkdir()
+    script = folder / "iam-sorry"
+    shutil.copy(iamsorry.__file__, script)
+    script.chmod(0o755)
+    path = private_home / ".aws" / "credentials"
+    path.parent.mkdir()
+    path.write_text("[svc]\naws_access_key_id = AKIASVCSVCSVCSVCSVC1\naws_secret_access_key = s\n")
+    proc = subprocess.run([sys.executable, str(script), "--add-process-profile", "svc"], capture_output=True,
+                          text=True, env=os.environ.copy())
+    assert proc.returncode == 0, proc.stderr
+    line = iamsorry.read_aws_config()["svc-auto"]["credential_process"]
+    argv = shlex.split(line)
+    assert argv[0] == str(script) and argv[1:] == ["--credential-process", "svc"]
+    doc = json.loads(subprocess.run(argv, capture_output=True, text=True).stdout)
+    assert doc["AccessKeyId"] == "AKIASVCSVCSVCSVCSVC1"

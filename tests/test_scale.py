@@ -126,3 +126,28 @@ def test_interrupted_mint_deletes_its_temporary_key(manager: FakeAws, sig: int) 
     assert manager.key_status("sue") == {}
     assert manager.shim.calls["DeleteAccessKey"] == 1
     assert set(iamsorry.read_aws_credentials()) >= {"sue", "sue-mgr"}
+
+
+
+def test_a_job_without_an_agent_reuses_a_refresh_in_progress(manager: FakeAws, tmp_path: Path) -> None:
+    """Compute nodes often have no agent: a job that finds [sue] stale while
+    another process refreshes it waits on the lock and takes the result,
+    instead of failing for want of the manager key."""
+    _expire()
+    lock = manager.home / ".aws" / "credentials.lock"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time, importlib.machinery\n"
+        "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
+        "fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(2)\n"
+        "s = m.Store().load()\n"
+        "s.creds.set('sue', {'aws_access_key_id': 'ASIAFRESHFRESHFRESH1', 'expiration': '2099-01-01T00:00:00Z'})\n"
+        "m.atomic_write(s.creds_path, s.creds.text(), True)\n"), str(SCRIPT), str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--eval", "sue"], capture_output=True, text=True,
+                          env=env, timeout=60, start_new_session=True)
+    holder.wait(timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert "ASIAFRESHFRESHFRESH1" in proc.stdout

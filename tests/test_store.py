@@ -118,6 +118,7 @@ def test_malformed_file_names_file_and_line_and_nothing_is_written(
     with pytest.raises(iamsorry.StoreError) as err:
         iamsorry.read_aws_credentials()
     assert f"{path}:{line}:" in str(err.value) and what in str(err.value)
+    assert "nonsense" not in str(err.value)  # a bad line may be a secret: never echoed
     proc = run_cli("--fix-profiles")
     assert_clean_error(proc, f"{path}:{line}")
     assert path.read_text() == text
@@ -295,6 +296,7 @@ def test_reset_needs_yes_without_terminal_and_keeps_backups(private_home: Path) 
     assert cfg.read_text() == "[profile keep]\nregion = us-west-2\n"
     backups = sorted(p.name for p in creds.parent.iterdir() if ".bak-" in p.name)
     assert len(backups) == 2
+    assert all(stat.S_IMODE((creds.parent / b).stat().st_mode) == 0o600 for b in backups)
     assert (creds.parent / backups[1]).read_text() == original
 
 
@@ -388,3 +390,44 @@ def test_reset_asks_on_a_terminal(private_home: Path, answer: str, removed: bool
     assert "Remove manager [sue-mgr]" in shown
     assert (status == 0) is removed
     assert ("sue-mgr" in creds.read_text()) is not removed
+
+
+
+def test_threads_of_one_process_do_not_lose_each_others_writes(private_home: Path) -> None:
+    """The lock is re-entrant per thread, not per process: a long-running
+    service refreshing two sessions at once must not lose one."""
+    import threading
+
+    _creds_path(private_home)
+
+    def writer(name: str) -> None:
+        for i in range(30):
+            with iamsorry.Store().edit() as s:
+                s.creds.set(f"{name}{i}", {"aws_access_key_id": "AKIAXXXXXXXXXXXXXXX1", "aws_secret_access_key": "x"})
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("a", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(iamsorry.read_aws_credentials()) == {f"{n}{i}" for n in "abc" for i in range(30)}
+
+
+def test_write_failures_are_clean_errors(private_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    path = _creds_path(private_home)
+    path.write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+
+    def quota(*args: object) -> None:
+        raise OSError(122, "Disk quota exceeded")
+
+    monkeypatch.setattr(os, "replace", quota)
+    assert iamsorry.main(["--fix-profiles"]) == 3
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("iam-sorry: error:")]
+    assert len(errors) == 1 and "cannot write" in errors[0] and "Disk quota exceeded" in errors[0]
+    assert "Traceback" not in err
+    assert not (private_home / ".aws" / "config").exists()
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+    monkeypatch.undo()
+    assert_clean_error(run_cli("--fix-profiles", env={"IAM_SORRY_LOCK_TIMEOUT": "soon"}), "IAM_SORRY_LOCK_TIMEOUT")

@@ -267,3 +267,24 @@ def test_vendor_for_another_target_is_ignored(empty_python: Path, vendor_dir: Pa
     assert all(reported[name] == "missing" for name in AWS_PACKAGES), reported
     plain_manager(private_home)
     assert_missing_dependency(run(empty_python, script, "--print-policy", "sue", env=env), empty_python)
+
+
+
+def test_shiv_extractions_others_could_write_are_never_imported(tmp_path: Path, monkeypatch) -> None:
+    """A neighbour on a shared /tmp can pre-create SHIV_ROOT or an extraction
+    in it; code found there by searching must be ours alone."""
+    from conftest import iamsorry
+
+    root = tmp_path / "shiv"
+    good = root / "iam-sorry.pyz_good" / "site-packages"
+    planted = root / "iam-sorry.pyz_planted" / "site-packages"
+    wide = root / "iam-sorry.pyz_wide" / "site-packages"
+    for folder in (good, planted, wide):
+        folder.mkdir(parents=True)
+        (folder / "iam-sorry-vendor.json").write_text("{}")
+    os.chmod(root, 0o700)
+    os.chown(planted.parent, 65534, 65534) if os.getuid() == 0 else os.chmod(planted.parent, 0o777)
+    os.chmod(wide, 0o777)
+    monkeypatch.setenv("SHIV_ROOT", str(root))
+    monkeypatch.delenv("IAM_SORRY_VENDOR", raising=False)
+    assert iamsorry._vendor_candidates() == [str(good)]
