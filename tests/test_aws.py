@@ -303,37 +303,54 @@ def test_bootstrap_propagation_timeout_leaves_the_exported_key(aws: FakeAws, ed2
     _assert_a_working_key(aws, exported)
 
 
+def _bootstrap_with_fault(aws: FakeAws, monkeypatch: pytest.MonkeyPatch, target: object, attr: str,
+                          fake: object, error: type[BaseException], match: str) -> tuple[str, str]:
+    """Bootstrap in-process with one local fault; the files must read back
+    exactly as before and a working key must remain."""
+    exported = _admin_made(aws)
+    for name, value in (("AWS_ACCESS_KEY_ID", exported[0]), ("AWS_SECRET_ACCESS_KEY", exported[1]),
+                        ("AWS_REGION", REGION)):
+        monkeypatch.setenv(name, value)
+    path = aws.home / ".aws" / "credentials"
+    before = path.read_text()
+    with monkeypatch.context() as local:  # only the fault is undone, not HOME or the endpoint
+        local.setattr(target, attr, fake)
+        with pytest.raises(error, match=match):
+            iamsorry.bootstrap(iamsorry.Store(), None, 36)
+    assert path.read_text() == before
+    assert "sue-mgr" not in aws.profiles()
+    _assert_a_working_key(aws, exported)
+    return exported
+
+
 def test_bootstrap_store_failure_leaves_the_exported_key(aws: FakeAws, ed25519: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    exported = _admin_made(aws)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", exported[0])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", exported[1])
-    before = (aws.home / ".aws" / "credentials").read_text()
-
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(os, "replace", disk_full)
-    with pytest.raises(iamsorry.StoreError, match="No space left"):
-        iamsorry.bootstrap(iamsorry.Store(), None, 36)
-    monkeypatch.undo()
-    assert (aws.home / ".aws" / "credentials").read_text() == before
-    _assert_a_working_key(aws, exported)
+    _bootstrap_with_fault(aws, monkeypatch, os, "replace", disk_full, iamsorry.StoreError, "No space left")
 
 
 def test_bootstrap_verify_failure_restores_the_file(aws: FakeAws, ed25519: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The read-back check is the last line of defence; simulate a file that
     does not read back as written."""
-    exported = _admin_made(aws)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", exported[0])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", exported[1])
-    before = (aws.home / ".aws" / "credentials").read_text()
-    monkeypatch.setattr(iamsorry, "open_sealed", lambda value, field, secret: "garbage")
-    with pytest.raises(iamsorry.CryptoError):
-        iamsorry.bootstrap(iamsorry.Store(), None, 36)
-    assert (aws.home / ".aws" / "credentials").read_text() == before
-    _assert_a_working_key(aws, exported)
+    _bootstrap_with_fault(aws, monkeypatch, iamsorry, "open_sealed", lambda value, field, secret: "garbage",
+                          iamsorry.CryptoError, "does not match")
+
+
+def test_bootstrap_config_write_failure_leaves_no_dead_key(aws: FakeAws, ed25519: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The config file is written first; if that fails, the sealed key must
+    not stay on file while its AWS key is deleted."""
+    real_replace = os.replace
+
+    def config_fails(src: str, dst: str) -> None:
+        if str(dst).endswith("config"):
+            raise OSError(122, "Disk quota exceeded")
+        real_replace(src, dst)
+
+    _bootstrap_with_fault(aws, monkeypatch, os, "replace", config_fails, iamsorry.StoreError, "quota")
 
 
 def test_bootstrap_base_user_failure_keeps_the_manager(aws: FakeAws, ed25519: Path) -> None:
@@ -383,30 +400,6 @@ def test_python_api_mints_for_the_named_user(manager: FakeAws) -> None:
     assert session.client("sts").get_caller_identity()["Arn"].endswith("user/sue")
     mgr_session = iamsorry.create_session_with_profile("sue-mgr")
     assert mgr_session.client("sts").get_caller_identity()["Arn"].endswith("user/sue-mgr")
-
-
-def test_bootstrap_config_write_failure_leaves_no_dead_key(aws: FakeAws, ed25519: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """The config file is written first; if that fails, the sealed key must
-    not stay on file while its AWS key is deleted."""
-    exported = _admin_made(aws)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", exported[0])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", exported[1])
-    monkeypatch.setenv("AWS_REGION", REGION)
-    before = (aws.home / ".aws" / "credentials").read_text()
-    real_replace = os.replace
-
-    def config_fails(src: str, dst: str) -> None:
-        if str(dst).endswith("config"):
-            raise OSError(122, "Disk quota exceeded")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", config_fails)
-    with pytest.raises(iamsorry.StoreError, match="quota"):
-        iamsorry.bootstrap(iamsorry.Store(), None, 36)
-    monkeypatch.undo()
-    assert (aws.home / ".aws" / "credentials").read_text() == before
-    _assert_a_working_key(aws, exported)
 
 
 def test_namespace_users_are_tagged_ours_so_no_other_manager_can_claim_them(manager: FakeAws) -> None:
