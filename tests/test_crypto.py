@@ -59,7 +59,7 @@ def test_agent_and_passphrase_give_the_same_signature(private_home: Path, ed2551
     key = iamsorry.resolve_ssh_key()
     via_agent = iamsorry._Agent(agent.sock).sign(key, iamsorry._KDF_CHALLENGE)
     monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
-    via_file = iamsorry._sign_locally(key, str(ed25519))
+    via_file = iamsorry._sign_locally(key.fingerprint, str(ed25519))
     assert via_agent is not None and len(via_agent) == 64
     assert via_agent == via_file
 
@@ -70,7 +70,8 @@ def test_rsa_agent_and_passphrase_give_the_same_signature(private_home: Path, ss
     agent.add(rsa)
     key = iamsorry.resolve_ssh_key(str(rsa))
     monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
-    assert iamsorry._Agent(agent.sock).sign(key, iamsorry._KDF_CHALLENGE) == iamsorry._sign_locally(key, str(rsa))
+    assert iamsorry._Agent(agent.sock).sign(key, iamsorry._KDF_CHALLENGE) == iamsorry._sign_locally(
+        key.fingerprint, str(rsa))
 
 
 def test_changed_passphrase_still_decrypts(private_home: Path, ed25519: Path, agent) -> None:
