@@ -105,12 +105,20 @@ def clean_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_checked(argv: list[str], env: dict[str, str] | None, what: str, report: Report,
-                timeout: float = 180, expect: str = "") -> subprocess.CompletedProcess[str] | None:
+def run_checked(
+    argv: list[str], env: dict[str, str] | None, what: str, report: Report, timeout: float = 180, expect: str = ""
+) -> subprocess.CompletedProcess[str] | None:
     """Run to completion; a non-zero exit or missing output is a failure."""
     try:
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.run(
+            argv,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         report.fail(what, str(exc))
         return None
@@ -140,10 +148,12 @@ def write_cached_home(home: Path) -> None:
     aws = home / ".aws"
     aws.mkdir(parents=True)
     creds = aws / "credentials"
-    creds.write_text("[sue]\naws_access_key_id = ASIABENCHBENCHBENCH1\n"
-                     "aws_secret_access_key = bench/secret/bench/secret/bench/secret00\n"
-                     f"aws_session_token = {'IQoJb3JpZ2luX2VjEBench' * 20}\n"
-                     f"expiration = {FAR_FUTURE}\ncredentials_owner = sue\n")
+    creds.write_text(
+        "[sue]\naws_access_key_id = ASIABENCHBENCHBENCH1\n"
+        "aws_secret_access_key = bench/secret/bench/secret/bench/secret00\n"
+        f"aws_session_token = {'IQoJb3JpZ2luX2VjEBench' * 20}\n"
+        f"expiration = {FAR_FUTURE}\ncredentials_owner = sue\n"
+    )
     creds.chmod(0o600)
     (aws / "config").write_text(f"[profile sue]\nregion = {REGION}\n")
 
@@ -184,8 +194,9 @@ def startup_commands(venv: Path, pyzs: list[Path]) -> list[Cmd]:
     cmds = [
         Cmd("baseline", "`python -c pass`", [py, "-c", "pass"], ""),
         Cmd("entry point", "`iam-sorry --eval sue`", [ep, "--eval", "sue"], exports, 2.0),
-        Cmd("entry point", "`iam-sorry --credential-process sue`", [ep, "--credential-process", "sue"],
-            '"SessionToken"'),
+        Cmd(
+            "entry point", "`iam-sorry --credential-process sue`", [ep, "--credential-process", "sue"], '"SessionToken"'
+        ),
         Cmd("entry point", "`iam-sorry --profiles`", [ep, "--profiles"], "sue"),
         Cmd("script", "`python iam-sorry --eval sue`", [py, str(SCRIPT), "--eval", "sue"], exports, 3.0),
     ]
@@ -223,8 +234,11 @@ def bench_startup(root: Path, args: argparse.Namespace, report: Report) -> None:
     write_cached_home(home)
     env = clean_env(home, SHIV_ROOT=str(root / "shiv"))
     # The check runs double as the .pyz's first run, which extracts it.
-    cmds = [c for c in startup_commands(venv, pyzs)
-            if run_checked(c.argv, env, c.shown, report, expect=c.expect) is not None]
+    cmds = [
+        c
+        for c in startup_commands(venv, pyzs)
+        if run_checked(c.argv, env, c.shown, report, expect=c.expect) is not None
+    ]
     say(f"timing {len(cmds)} commands x {args.reps} interleaved runs ...")
     time_commands(cmds, env, args.reps, report)
     report.cmds = cmds
@@ -303,8 +317,9 @@ def fake_aws(stack: contextlib.ExitStack, root: Path) -> tuple[Any, dict[str, st
     return shim, env
 
 
-def counted(shim: Any, label: str, args: list[str], env: dict[str, str], report: Report,
-            prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str] | None:
+def counted(
+    shim: Any, label: str, args: list[str], env: dict[str, str], report: Report, prefix: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str] | None:
     """Run the CLI once and keep the AWS calls the server saw for it."""
     shim.reset_calls()
     proc = run_checked([*prefix, sys.executable, str(SCRIPT), *args], env, label, report)
@@ -335,18 +350,32 @@ def bench_aws(stack: contextlib.ExitStack, root: Path, report: Report) -> None:
     """The Quick Start, counting what each step costs at the server."""
     shim, env = fake_aws(stack, root)
     say("running the Quick Start against moto ...")
-    made = counted(shim, "admin: `--profile aws-admin --create-iam-sorry sue-mgr`",
-                   ["--profile", "aws-admin", "--create-iam-sorry", "sue-mgr"], env, report)
+    made = counted(
+        shim,
+        "admin: `--profile aws-admin --create-iam-sorry sue-mgr`",
+        ["--profile", "aws-admin", "--create-iam-sorry", "sue-mgr"],
+        env,
+        report,
+    )
     if made is None or "aws_secret_access_key = " not in made.stdout:
         report.fail("no key handed over by --create-iam-sorry")
         return
-    if counted(shim, "bootstrap: bare `iam-sorry` with the handed-over key", [],
-               {**env, **handover_env(made.stdout)}, report) is None:
+    if (
+        counted(
+            shim,
+            "bootstrap: bare `iam-sorry` with the handed-over key",
+            [],
+            {**env, **handover_env(made.stdout)},
+            report,
+        )
+        is None
+    ):
         return
     counted(shim, "first mint of a new user: `iam-sorry sue-x`", ["sue-x"], env, report)
     rss_out = root / "mint-rss.out"
-    counted(shim, "daily mint of an existing user: `iam-sorry sue`", ["sue"], env, report,
-            prefix=tuple(rss_prefix(rss_out)))
+    counted(
+        shim, "daily mint of an existing user: `iam-sorry sue`", ["sue"], env, report, prefix=tuple(rss_prefix(rss_out))
+    )
     report.rss["full mint `iam-sorry sue` (moto)"] = read_rss_mib(rss_out)
     expire(Path(env["HOME"]) / ".aws" / "credentials", "sue")
     refresh = counted(shim, "refresh: `--eval sue` with [sue] expired", ["--eval", "sue"], env, report)
@@ -360,9 +389,11 @@ def bench_aws(stack: contextlib.ExitStack, root: Path, report: Report) -> None:
 
 def header(args: argparse.Namespace) -> str:
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"## iam-sorry {version()}: start-up, memory and AWS calls\n\n"
-            f"Python {platform.python_version()} ({sys.executable}), {platform.system()} {platform.machine()}, "
-            f"{os.cpu_count()} CPUs, load average at start {load}; {args.reps} interleaved runs per command.\n")
+    return (
+        f"## iam-sorry {version()}: start-up, memory and AWS calls\n\n"
+        f"Python {platform.python_version()} ({sys.executable}), {platform.system()} {platform.machine()}, "
+        f"{os.cpu_count()} CPUs, load average at start {load}; {args.reps} interleaved runs per command.\n"
+    )
 
 
 def version() -> str:
@@ -374,12 +405,16 @@ def version() -> str:
 
 def startup_table(cmds: list[Cmd]) -> list[str]:
     base = cmds[0]
-    rows = ["| Path | Command | median ms | × bare | min ms | × bare (min) | CPU ms (median) |",
-            "|---|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| Path | Command | median ms | × bare | min ms | × bare (min) | CPU ms (median) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for c in cmds:
-        rows.append(f"| {c.path} | {c.shown} | {c.median('wall_ms'):.1f} | "
-                    f"{c.median('wall_ms') / base.median('wall_ms'):.2f}× | {c.fastest():.1f} | "
-                    f"{c.fastest() / base.fastest():.2f}× | {c.median('cpu_ms'):.1f} |")
+        rows.append(
+            f"| {c.path} | {c.shown} | {c.median('wall_ms'):.1f} | "
+            f"{c.median('wall_ms') / base.median('wall_ms'):.2f}× | {c.fastest():.1f} | "
+            f"{c.fastest() / base.fastest():.2f}× | {c.median('cpu_ms'):.1f} |"
+        )
     return [*rows, PREDECESSOR_ROW]
 
 
@@ -431,8 +466,11 @@ def refresh_verdict(calls: dict[str, Counter[str]]) -> str:
     c = calls[label]
     lookups = sum(n for action, n in c.items() if action not in SESSION_FIELDS)
     ok = c["CreateAccessKey"] <= 1 and c["DeleteAccessKey"] <= 1 and lookups <= 1
-    return verdict(ok, f"refresh made {format_calls(c)} ≤ CreateAccessKey 1 + GetSessionToken (+polls) + "
-                       f"DeleteAccessKey 1 + one lookup (lookups: {lookups})")
+    return verdict(
+        ok,
+        f"refresh made {format_calls(c)} ≤ CreateAccessKey 1 + GetSessionToken (+polls) + "
+        f"DeleteAccessKey 1 + one lookup (lookups: {lookups})",
+    )
 
 
 def print_report(report: Report, head: str) -> None:

@@ -52,16 +52,29 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = 120, cwd: str | None = None):
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    input: str | None = None,
+    timeout: float = 120,
+    cwd: str | None = None,
+):
     """The script as a user runs it: a subprocess, fresh interpreter."""
     import subprocess
 
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          env=full_env, input=input, timeout=timeout, cwd=cwd, start_new_session=True)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=timeout,
+        cwd=cwd,
+        start_new_session=True,
+    )
 
 
 def assert_clean_error(proc, *needles: str) -> None:
@@ -115,17 +128,23 @@ class FakeAws:
         self.shim = shim
         self.home = home
 
-    def client(self, service: str, key_id: str = ADMIN_KEY[0], secret: str = ADMIN_KEY[1],
-               token: str | None = None):
+    def client(self, service: str, key_id: str = ADMIN_KEY[0], secret: str = ADMIN_KEY[1], token: str | None = None):
         import boto3
 
-        return boto3.client(service, endpoint_url=self.url, region_name=REGION, aws_access_key_id=key_id,
-                            aws_secret_access_key=secret, aws_session_token=token)
+        return boto3.client(
+            service,
+            endpoint_url=self.url,
+            region_name=REGION,
+            aws_access_key_id=key_id,
+            aws_secret_access_key=secret,
+            aws_session_token=token,
+        )
 
     def whoami(self, profile: dict[str, str]) -> str:
         """The ARN AWS says a credentials profile belongs to."""
-        sts = self.client("sts", profile["aws_access_key_id"], profile["aws_secret_access_key"],
-                          profile.get("aws_session_token"))
+        sts = self.client(
+            "sts", profile["aws_access_key_id"], profile["aws_secret_access_key"], profile.get("aws_session_token")
+        )
         return str(sts.get_caller_identity()["Arn"])
 
     def profiles(self) -> dict:
@@ -160,8 +179,9 @@ def aws(moto_url: str, private_home: Path, monkeypatch: pytest.MonkeyPatch) -> F
     aws_dir = private_home / ".aws"
     aws_dir.mkdir(exist_ok=True)
     creds = aws_dir / "credentials"
-    creds.write_text(f"# admin's profile\n[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\n"
-                     f"aws_secret_access_key = {ADMIN_KEY[1]}\n")
+    creds.write_text(
+        f"# admin's profile\n[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n"
+    )
     creds.chmod(0o600)
     (aws_dir / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
     return FakeAws(moto_url, shim, private_home)
@@ -184,8 +204,9 @@ def manager(aws: FakeAws, ed25519: Path) -> FakeAws:
     return aws
 
 
-def run_in_pty(args: list[str], env: dict[str, str], answers: list[str], timeout: float = 30,
-               prompt: bytes = b"passphrase") -> tuple[int, str]:
+def run_in_pty(
+    args: list[str], env: dict[str, str], answers: list[str], timeout: float = 30, prompt: bytes = b"passphrase"
+) -> tuple[int, str]:
     """Run the CLI with a pseudo-terminal as its controlling tty and type answers
     at each passphrase prompt; return (exit status, everything shown)."""
     pid, fd = pty.fork()

@@ -72,8 +72,11 @@ def reexec_in_venv(reason: str) -> None:
         raise DemoError(f"the demo venv {venv} still cannot run the demo: {reason}")
     wanted = "\n".join(PACKAGES)
     if not marker.exists() or marker.read_text() != wanted:  # absent, half-built or outdated
-        print(f"This Python cannot run the demo ({reason}).\nInstalling {' '.join(PACKAGES)} into {venv} "
-              "(once; delete that folder to undo)", flush=True)
+        print(
+            f"This Python cannot run the demo ({reason}).\nInstalling {' '.join(PACKAGES)} into {venv} "
+            "(once; delete that folder to undo)",
+            flush=True,
+        )
         if subprocess.run([base, "-m", "venv", "--clear", str(venv)]).returncode != 0:
             raise DemoError(f"could not create {venv}; on Debian/Ubuntu: apt install python3-venv")
         if subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES]).returncode != 0:
@@ -86,8 +89,11 @@ def reexec_in_venv(reason: str) -> None:
 def base_env(root: Path, url: str) -> dict[str, str]:
     """The user's environment minus anything that could reach a real AWS
     account or their own ssh-agent."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AWS_", "IAM_SORRY_")) and k not in ("SSH_AUTH_SOCK", "SSH_AGENT_PID")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "IAM_SORRY_")) and k not in ("SSH_AUTH_SOCK", "SSH_AGENT_PID")
+    }
     bin_dir = root / "bin"
     bin_dir.mkdir()
     # `iam-sorry` and `python3` in the printed commands mean this interpreter and this work tree.
@@ -96,8 +102,14 @@ def base_env(root: Path, url: str) -> dict[str, str]:
         (bin_dir / name).chmod(0o755)
     path = os.pathsep.join([str(bin_dir), str(Path(sys.executable).parent), env.get("PATH", "/usr/bin:/bin")])
     # SHELL: --eval prints sh syntax; PYTHONUNBUFFERED keeps stdout and stderr in order.
-    env.update(PATH=path, SHELL="/bin/sh", PYTHONUNBUFFERED="1", AWS_ENDPOINT_URL=url,
-               AWS_EC2_METADATA_DISABLED="true", AWS_PAGER="")
+    env.update(
+        PATH=path,
+        SHELL="/bin/sh",
+        PYTHONUNBUFFERED="1",
+        AWS_ENDPOINT_URL=url,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_PAGER="",
+    )
     return env
 
 
@@ -105,8 +117,15 @@ def step(command: str, env: dict[str, str], fails: bool = False, expect: tuple[s
     """Show and run one shell command; fail unless it succeeds (or, with
     ``fails``, exits non-zero) and prints every string of ``expect``."""
     print(f"\n{BOLD}$ {command}{PLAIN}", flush=True)
-    proc = subprocess.run(["/bin/sh", "-c", command], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, stdin=subprocess.DEVNULL, timeout=180)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", command],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=180,
+    )
     print(proc.stdout, end="", flush=True)
     missing = [text for text in expect if text not in proc.stdout]
     if (proc.returncode != 0) != fails or missing:
@@ -126,12 +145,17 @@ def administrator(root: Path, env: dict[str, str]) -> tuple[str, str]:
     home = root / "admin"
     (home / ".aws").mkdir(parents=True)
     # Any keys work: moto accepts keys it never issued as the account's admin.
-    (home / ".aws" / "credentials").write_text("[aws-admin]\naws_access_key_id = AKIADEMOADMIN0000000\n"
-                                               "aws_secret_access_key = demo/admin/secret/not/a/real/one/00\n")
+    (home / ".aws" / "credentials").write_text(
+        "[aws-admin]\naws_access_key_id = AKIADEMOADMIN0000000\n"
+        "aws_secret_access_key = demo/admin/secret/not/a/real/one/00\n"
+    )
     (home / ".aws" / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
     print(f"\n## 1. Administrator (HOME={home}). The secret is shown: it belongs to a fake local account.")
-    out = step("iam-sorry --profile aws-admin --create-iam-sorry sue-mgr", {**env, "HOME": str(home)},
-               expect=("aws_secret_access_key = ",))
+    out = step(
+        "iam-sorry --profile aws-admin --create-iam-sorry sue-mgr",
+        {**env, "HOME": str(home)},
+        expect=("aws_secret_access_key = ",),
+    )
     return out.split("aws_access_key_id = ")[1].split()[0], out.split("aws_secret_access_key = ")[1].split()[0]
 
 
@@ -140,8 +164,12 @@ def user(root: Path, env: dict[str, str], handover: tuple[str, str], agent_sock:
     env = {**env, "HOME": str(root / "sue"), "SSH_AUTH_SOCK": agent_sock}
     print(f"\n## 2. Sue, once (HOME={env['HOME']}): bootstrap with the key the administrator sent")
     step("ssh-add -l", env, expect=("ED25519",))
-    step(f"export AWS_ACCESS_KEY_ID={shlex.quote(handover[0])} AWS_SECRET_ACCESS_KEY={shlex.quote(handover[1])} "
-         f"AWS_REGION={REGION}; iam-sorry", env, expect=("Bootstrap complete",))
+    step(
+        f"export AWS_ACCESS_KEY_ID={shlex.quote(handover[0])} AWS_SECRET_ACCESS_KEY={shlex.quote(handover[1])} "
+        f"AWS_REGION={REGION}; iam-sorry",
+        env,
+        expect=("Bootstrap complete",),
+    )
     step("cat ~/.aws/credentials", env, expect=("__encrypted__:v2:",))
     step("iam-sorry --profiles", env)
     print("\n## 3. Sue, daily: fresh credentials that belong to user sue")
@@ -220,12 +248,14 @@ def main() -> int:
     except KeyboardInterrupt:
         print("\ndemo: interrupted; cleaned up", file=sys.stderr)
         return 130
-    print(f"\nDone in {time.monotonic() - started:.0f} s. An administrator created manager sue-mgr, confined to "
-          "the namespace sue/sue-*, and handed its key over once. Sue's first run rotated that key away, sealed "
-          "the new one in ~/.aws/credentials with her SSH key (opened only through ssh-agent), and from then on "
-          "minted short-lived credentials that AWS attributes to user sue herself and to the role "
-          "iam-sorry-sue-lambda; a name outside her namespace (bob) was refused. Everything ran against a local "
-          "moto server; the agent, the server and the throwaway HOMEs are gone.")
+    print(
+        f"\nDone in {time.monotonic() - started:.0f} s. An administrator created manager sue-mgr, confined to "
+        "the namespace sue/sue-*, and handed its key over once. Sue's first run rotated that key away, sealed "
+        "the new one in ~/.aws/credentials with her SSH key (opened only through ssh-agent), and from then on "
+        "minted short-lived credentials that AWS attributes to user sue herself and to the role "
+        "iam-sorry-sue-lambda; a name outside her namespace (bob) was refused. Everything ran against a local "
+        "moto server; the agent, the server and the throwaway HOMEs are gone."
+    )
     return 0
 
 

@@ -19,8 +19,14 @@ def _askpass(folder: Path, secret: str) -> dict[str, str]:
     return {"SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
 
 
-def make_key(folder: Path, name: str = "id_ed25519", kind: str = "ed25519", bits: int | None = None,
-             passphrase: str = PASSPHRASE, comment: str | None = None) -> Path:
+def make_key(
+    folder: Path,
+    name: str = "id_ed25519",
+    kind: str = "ed25519",
+    bits: int | None = None,
+    passphrase: str = PASSPHRASE,
+    comment: str | None = None,
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
     cmd = ["ssh-keygen", "-q", "-t", kind, "-N", passphrase, "-f", str(path), "-C", comment or str(path)]
@@ -31,16 +37,21 @@ def make_key(folder: Path, name: str = "id_ed25519", kind: str = "ed25519", bits
 
 
 def change_passphrase(path: Path, old: str, new: str) -> None:
-    subprocess.run(["ssh-keygen", "-q", "-p", "-P", old, "-N", new, "-f", str(path)], check=True,
-                   stdin=subprocess.DEVNULL, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-p", "-P", old, "-N", new, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
 
 
 class Agent:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.sock = str(folder / "agent.sock")
-        out = subprocess.run(["ssh-agent", "-s", "-a", self.sock], check=True, capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL).stdout
+        out = subprocess.run(
+            ["ssh-agent", "-s", "-a", self.sock], check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        ).stdout
         self.pid = int(out.split("SSH_AGENT_PID=")[1].split(";")[0])
 
     @property
@@ -49,8 +60,15 @@ class Agent:
 
     def _ssh_add(self, *args: str, secret: str = PASSPHRASE) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, **self.env, **_askpass(self.folder, secret)}
-        return subprocess.run(["ssh-add", *args], env=env, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, start_new_session=True, timeout=30)
+        return subprocess.run(
+            ["ssh-add", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            timeout=30,
+        )
 
     def add(self, key: Path, *constraints: str, passphrase: str = PASSPHRASE) -> None:
         proc = self._ssh_add(*constraints, str(key), secret=passphrase)

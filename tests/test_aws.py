@@ -18,8 +18,11 @@ def _bash(script: str, env: dict[str, str] | None = None) -> subprocess.Complete
 
 
 def _session_env(c: dict) -> dict[str, str]:
-    return {"AWS_ACCESS_KEY_ID": c["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
-            "AWS_SESSION_TOKEN": c["SessionToken"]}
+    return {
+        "AWS_ACCESS_KEY_ID": c["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": c["SessionToken"],
+    }
 
 
 def _expire(home: Path, profile: str, when: str = "2020-01-01T00:00:00Z") -> None:
@@ -57,14 +60,17 @@ def test_seed_quick_start(aws: FakeAws, ed25519: Path) -> None:
     assert fresh["aws_access_key_id"] != profiles["sue"]["aws_access_key_id"]
     assert aws.whoami(fresh) == "arn:aws:iam::123456789012:user/sue"
     # Shell scripts, with the real AWS CLI
-    out = _bash('eval "$(iam-sorry --eval sue)" && aws sts get-caller-identity --output json',
-                env={"PATH": f"{Path(iamsorry.__file__).parent}:{os.environ['PATH']}", "AWS_REGION": REGION})
+    out = _bash(
+        'eval "$(iam-sorry --eval sue)" && aws sts get-caller-identity --output json',
+        env={"PATH": f"{Path(iamsorry.__file__).parent}:{os.environ['PATH']}", "AWS_REGION": REGION},
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["Arn"] == "arn:aws:iam::123456789012:user/sue"
     # Administrator: assign permissions to sue (moto has no AWS-managed policies, so inline)
     doc = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:List*","Resource":"*"}]}'
-    out = _bash(f"aws --profile aws-admin iam put-user-policy --user-name sue --policy-name read "
-                f"--policy-document '{doc}'")
+    out = _bash(
+        f"aws --profile aws-admin iam put-user-policy --user-name sue --policy-name read --policy-document '{doc}'"
+    )
     assert out.returncode == 0, out.stderr
     assert iam.list_user_policies(UserName="sue")["PolicyNames"] == ["read"]
 
@@ -92,14 +98,17 @@ def test_mint_waits_for_key_propagation(manager: FakeAws) -> None:
     assert manager.shim.calls["GetSessionToken"] >= 2  # rejected while propagating, then accepted
 
 
-@pytest.mark.parametrize(("name", "needle"), [
-    ("bob", "outside your namespace"),
-    ("suex", "outside your namespace"),
-    ("sue-mgr", "the manager itself"),
-    ("SUE-MGR", "the manager itself"),
-    ("sue-MGR", "the manager itself"),  # IAM names are unique regardless of case
-    ("sue;rm -rf ~", "invalid IAM user name"),
-])
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("bob", "outside your namespace"),
+        ("suex", "outside your namespace"),
+        ("sue-mgr", "the manager itself"),
+        ("SUE-MGR", "the manager itself"),
+        ("sue-MGR", "the manager itself"),  # IAM names are unique regardless of case
+        ("sue;rm -rf ~", "invalid IAM user name"),
+    ],
+)
 def test_namespace_refusals_create_nothing(manager: FakeAws, name: str, needle: str) -> None:
     before = {u["UserName"] for u in manager.client("iam").list_users()["Users"]}
     manager.shim.reset_calls()
@@ -134,8 +143,9 @@ def test_delegated_user_is_minted_by_its_new_owner(manager: FakeAws, tmp_path: P
     made = run_cli("--profile", "aws-admin", "--create-iam-sorry", "jimmy-mgr")
     key_id, secret = parse_handover(made.stdout)
     jimmy_home = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "jc"), "AWS_CONFIG_FILE": str(tmp_path / "jcfg")}
-    boot = run_cli(env={**jimmy_home, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
-                        "AWS_REGION": REGION})
+    boot = run_cli(
+        env={**jimmy_home, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": REGION}
+    )
     assert boot.returncode == 0, boot.stderr
     proc = run_cli("jimmy-bedrock", env=jimmy_home)
     assert proc.returncode == 0, proc.stderr
@@ -158,10 +168,15 @@ def test_role_profile_works_with_the_aws_cli_and_eval(manager: FakeAws) -> None:
     assert ":assumed-role/iam-sorry-sue-lambda/" in json.loads(out.stdout)["Arn"]
     ev = run_cli("--eval", "sue-lambda", "--shell", "sh")
     assert ev.returncode == 0, ev.stderr
-    env = dict(line.removeprefix("export ").split("=", 1) for line in ev.stdout.splitlines()
-               if line.startswith("export"))
-    sts = manager.client("sts", env["AWS_ACCESS_KEY_ID"].strip("'"), env["AWS_SECRET_ACCESS_KEY"].strip("'"),
-                         env["AWS_SESSION_TOKEN"].strip("'"))
+    env = dict(
+        line.removeprefix("export ").split("=", 1) for line in ev.stdout.splitlines() if line.startswith("export")
+    )
+    sts = manager.client(
+        "sts",
+        env["AWS_ACCESS_KEY_ID"].strip("'"),
+        env["AWS_SECRET_ACCESS_KEY"].strip("'"),
+        env["AWS_SESSION_TOKEN"].strip("'"),
+    )
     assert ":assumed-role/iam-sorry-sue-lambda/" in sts.get_caller_identity()["Arn"]
     policy = run_cli("--print-lambda-policy", "sue-lambda")
     assert json.loads(policy.stdout) == iamsorry.lambda_policy("sue", "123456789012")
@@ -245,6 +260,7 @@ def test_bootstrap_refuses_roles_and_bad_environment_keys(aws: FakeAws, ed25519:
 
 # -- bootstrap fault injection: whatever fails, a working key remains ---------
 
+
 def _admin_made(aws: FakeAws) -> tuple[str, str]:
     made = run_cli("--profile", "aws-admin", "--create-iam-sorry", "sue-mgr")
     assert made.returncode == 0, made.stderr
@@ -269,20 +285,23 @@ def _assert_a_working_key(aws: FakeAws, exported: tuple[str, str]) -> None:
         assert aws.key_status("sue-mgr") == {exported[0]: "Active"}  # the new key was cleaned up
 
 
-@pytest.mark.parametrize(("action", "code", "status"), [
-    ("GetCallerIdentity", "AccessDenied", 403),
-    ("ListAccessKeys", "AccessDenied", 403),
-    ("CreateAccessKey", "LimitExceeded", 409),
-    ("UpdateAccessKey", "AccessDenied", 403),
-    ("CreateUser", "AccessDenied", 403),
-    ("GetSessionToken", "AccessDenied", 403),
-])
+@pytest.mark.parametrize(
+    ("action", "code", "status"),
+    [
+        ("GetCallerIdentity", "AccessDenied", 403),
+        ("ListAccessKeys", "AccessDenied", 403),
+        ("CreateAccessKey", "LimitExceeded", 409),
+        ("UpdateAccessKey", "AccessDenied", 403),
+        ("CreateUser", "AccessDenied", 403),
+        ("GetSessionToken", "AccessDenied", 403),
+    ],
+)
 def test_bootstrap_fault_at_each_aws_step_leaves_a_working_key(
-        aws: FakeAws, ed25519: Path, action: str, code: str, status: int) -> None:
+    aws: FakeAws, ed25519: Path, action: str, code: str, status: int
+) -> None:
     exported = _admin_made(aws)
     aws.shim.fail(action, code=code, times=1, status=status)  # none of these codes is retried
-    proc = run_cli(env={"AWS_ACCESS_KEY_ID": exported[0], "AWS_SECRET_ACCESS_KEY": exported[1],
-                        "AWS_REGION": REGION})
+    proc = run_cli(env={"AWS_ACCESS_KEY_ID": exported[0], "AWS_SECRET_ACCESS_KEY": exported[1], "AWS_REGION": REGION})
     assert "Traceback" not in proc.stderr
     _assert_a_working_key(aws, exported)
     if action == "UpdateAccessKey":  # the new key is stored and works; we only warn
@@ -296,20 +315,36 @@ def test_bootstrap_propagation_timeout_leaves_the_exported_key(aws: FakeAws, ed2
     exported = _admin_made(aws)
     aws.shim.settle()
     aws.shim.propagation_delay = 60
-    proc = run_cli(env={"AWS_ACCESS_KEY_ID": exported[0], "AWS_SECRET_ACCESS_KEY": exported[1],
-                        "AWS_REGION": REGION, "IAM_SORRY_PROPAGATION_TIMEOUT": "2"})
+    proc = run_cli(
+        env={
+            "AWS_ACCESS_KEY_ID": exported[0],
+            "AWS_SECRET_ACCESS_KEY": exported[1],
+            "AWS_REGION": REGION,
+            "IAM_SORRY_PROPAGATION_TIMEOUT": "2",
+        }
+    )
     assert_clean_error(proc, "still not accepted")
     aws.shim.propagation_delay = 0
     _assert_a_working_key(aws, exported)
 
 
-def _bootstrap_with_fault(aws: FakeAws, monkeypatch: pytest.MonkeyPatch, target: object, attr: str,
-                          fake: object, error: type[BaseException], match: str) -> tuple[str, str]:
+def _bootstrap_with_fault(
+    aws: FakeAws,
+    monkeypatch: pytest.MonkeyPatch,
+    target: object,
+    attr: str,
+    fake: object,
+    error: type[BaseException],
+    match: str,
+) -> tuple[str, str]:
     """Bootstrap in-process with one local fault; the files must read back
     exactly as before and a working key must remain."""
     exported = _admin_made(aws)
-    for name, value in (("AWS_ACCESS_KEY_ID", exported[0]), ("AWS_SECRET_ACCESS_KEY", exported[1]),
-                        ("AWS_REGION", REGION)):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", exported[0]),
+        ("AWS_SECRET_ACCESS_KEY", exported[1]),
+        ("AWS_REGION", REGION),
+    ):
         monkeypatch.setenv(name, value)
     path = aws.home / ".aws" / "credentials"
     before = path.read_text()
@@ -323,24 +358,34 @@ def _bootstrap_with_fault(aws: FakeAws, monkeypatch: pytest.MonkeyPatch, target:
     return exported
 
 
-def test_bootstrap_store_failure_leaves_the_exported_key(aws: FakeAws, ed25519: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bootstrap_store_failure_leaves_the_exported_key(
+    aws: FakeAws, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def disk_full(*args: object) -> None:
         raise OSError(28, "No space left on device")
 
     _bootstrap_with_fault(aws, monkeypatch, os, "replace", disk_full, iamsorry.StoreError, "No space left")
 
 
-def test_bootstrap_verify_failure_restores_the_file(aws: FakeAws, ed25519: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bootstrap_verify_failure_restores_the_file(
+    aws: FakeAws, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The read-back check is the last line of defence; simulate a file that
     does not read back as written."""
-    _bootstrap_with_fault(aws, monkeypatch, iamsorry, "open_sealed", lambda value, field, secret: "garbage",
-                          iamsorry.CryptoError, "does not match")
+    _bootstrap_with_fault(
+        aws,
+        monkeypatch,
+        iamsorry,
+        "open_sealed",
+        lambda value, field, secret: "garbage",
+        iamsorry.CryptoError,
+        "does not match",
+    )
 
 
-def test_bootstrap_config_write_failure_leaves_no_dead_key(aws: FakeAws, ed25519: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bootstrap_config_write_failure_leaves_no_dead_key(
+    aws: FakeAws, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The config file is written first; if that fails, the sealed key must
     not stay on file while its AWS key is deleted."""
     real_replace = os.replace
@@ -377,8 +422,10 @@ def test_aws_profile_naming_a_session_profile_is_not_taken_for_the_manager(manag
 def test_several_managers_must_be_chosen(manager: FakeAws) -> None:
     text = (manager.home / ".aws" / "credentials").read_text()
     sealed = iamsorry.read_aws_credentials()["sue-mgr"]
-    text += f"\n[other-mgr]\naws_access_key_id = {sealed['aws_access_key_id']}\n" \
-            f"aws_secret_access_key = {sealed['aws_secret_access_key']}\n"
+    text += (
+        f"\n[other-mgr]\naws_access_key_id = {sealed['aws_access_key_id']}\n"
+        f"aws_secret_access_key = {sealed['aws_secret_access_key']}\n"
+    )
     (manager.home / ".aws" / "credentials").write_text(text)
     assert_clean_error(run_cli("sue-x"), "several manager profiles", "sue-mgr", "other-mgr")
     assert run_cli("sue-x", "--profile", "sue-mgr").returncode == 0
@@ -392,7 +439,7 @@ def test_python_api_mints_for_the_named_user(manager: FakeAws) -> None:
     iamsorry.update_profile_credentials("sue-copy", creds, "sue")
     copy = iamsorry.read_aws_credentials()["sue-copy"]
     assert copy["credentials_owner"] == "sue" and manager.whoami(copy).endswith("user/sue")
-    assert iamsorry.credentials_need_refresh(copy, threshold_minutes=5) [0] is False
+    assert iamsorry.credentials_need_refresh(copy, threshold_minutes=5)[0] is False
     assert iamsorry.credentials_need_refresh(copy, threshold_minutes=90)[0] is True
     with pytest.raises(iamsorry.NamespaceError):
         iamsorry.get_temp_credentials_for_user(None, "bob", 3600)
@@ -419,8 +466,9 @@ def test_namespace_users_are_tagged_ours_so_no_other_manager_can_claim_them(mana
 
 def test_minting_never_overwrites_a_long_term_or_sealed_profile(manager: FakeAws) -> None:
     path = manager.home / ".aws" / "credentials"
-    path.write_text(path.read_text() + "\n[sue-ops]\naws_access_key_id = AKIAOPSOPSOPSOPSOPS1\n"
-                    "aws_secret_access_key = keep-me\n")
+    path.write_text(
+        path.read_text() + "\n[sue-ops]\naws_access_key_id = AKIAOPSOPSOPSOPSOPS1\naws_secret_access_key = keep-me\n"
+    )
     before = path.read_text()
     users = {u["UserName"] for u in manager.client("iam").list_users()["Users"]}
     assert_clean_error(run_cli("sue-ops"), "holds a long-term key")
@@ -431,9 +479,10 @@ def test_minting_never_overwrites_a_long_term_or_sealed_profile(manager: FakeAws
 def test_aws_error_messages_mask_key_ids() -> None:
     from botocore.exceptions import ClientError
 
-    err = ClientError({"Error": {"Code": "NoSuchEntity",
-                                 "Message": "The Access Key with id AKIAIOSFODNN7EXAMPLE cannot be found"}},
-                      "DeleteAccessKey")
+    err = ClientError(
+        {"Error": {"Code": "NoSuchEntity", "Message": "The Access Key with id AKIAIOSFODNN7EXAMPLE cannot be found"}},
+        "DeleteAccessKey",
+    )
     with pytest.raises(iamsorry.AwsError) as caught, iamsorry.aws_call("delete a key"):
         raise err
     assert "AKIAIOSFODNN7EXAMPLE" not in str(caught.value) and "AKIA…MPLE" in str(caught.value)

@@ -41,25 +41,28 @@ def world(moto_url: str, tmp_path_factory: pytest.TempPathFactory):
     aws_dir = root / ".aws"
     aws_dir.mkdir()
     (aws_dir / "credentials").write_text(
-        f"[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n")
+        f"[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n"
+    )
     (aws_dir / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
     w = World(root, moto_url, agent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     made = run_cli("--profile", "aws-admin", "--create-iam-sorry", "sue-mgr", env={**env, **w.env})
     key_id, secret = parse_handover(made.stdout)
-    boot = run_cli(env={**env, **w.env, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret,
-                        "AWS_REGION": REGION})
+    boot = run_cli(
+        env={**env, **w.env, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": REGION}
+    )
     assert boot.returncode == 0, boot.stderr
     shown = run_cli("--show-decrypted", "sue-mgr", env={**env, **w.env}).stdout
     w.secrets = [line.split(" = ", 1)[1] for line in shown.splitlines() if line.startswith("aws_")]
     sue = iamsorry.read_aws_credentials(str(aws_dir / "credentials"))["sue"]
     w.secrets += [sue["aws_secret_access_key"], sue["aws_session_token"], ADMIN_KEY[1]]
-    (aws_dir / "config").write_text((aws_dir / "config").read_text() +
-                                    "\n[profile sue-svc]\nrole_arn = arn:aws:iam::123456789012:role/other\n"
-                                    "\n[profile loop-a]\nrole_arn = arn:aws:iam::123456789012:role/a\n"
-                                    "source_profile = loop-b\n"
-                                    "\n[profile loop-b]\nrole_arn = arn:aws:iam::123456789012:role/b\n"
-                                    "source_profile = loop-a\n")
+    (aws_dir / "config").write_text(
+        (aws_dir / "config").read_text() + "\n[profile sue-svc]\nrole_arn = arn:aws:iam::123456789012:role/other\n"
+        "\n[profile loop-a]\nrole_arn = arn:aws:iam::123456789012:role/a\n"
+        "source_profile = loop-b\n"
+        "\n[profile loop-b]\nrole_arn = arn:aws:iam::123456789012:role/b\n"
+        "source_profile = loop-a\n"
+    )
     yield w
     agent.stop()
 
@@ -111,22 +114,35 @@ def _expired_session_env(home: Path) -> dict[str, str]:
     import moto_shim
 
     values = iamsorry.read_aws_credentials(auto_decrypt=True)["sue-mgr"]
-    sts = boto3.client("sts", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=REGION,
-                       aws_access_key_id=values["aws_access_key_id"],
-                       aws_secret_access_key=values["aws_secret_access_key"])
+    sts = boto3.client(
+        "sts",
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+        aws_access_key_id=values["aws_access_key_id"],
+        aws_secret_access_key=values["aws_secret_access_key"],
+    )
     c = sts.get_session_token(DurationSeconds=900)["Credentials"]
     moto_shim.install().expire_sessions()
     empty = home / "empty-credentials"
     empty.write_text("")
-    return {"AWS_ACCESS_KEY_ID": c["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
-            "AWS_SESSION_TOKEN": c["SessionToken"], "AWS_SHARED_CREDENTIALS_FILE": str(empty)}
+    return {
+        "AWS_ACCESS_KEY_ID": c["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": c["SessionToken"],
+        "AWS_SHARED_CREDENTIALS_FILE": str(empty),
+    }
 
 
 def _revoke(home: Path) -> None:
     import boto3
 
-    iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=REGION,
-                       aws_access_key_id=ADMIN_KEY[0], aws_secret_access_key=ADMIN_KEY[1])
+    iam = boto3.client(
+        "iam",
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+        aws_access_key_id=ADMIN_KEY[0],
+        aws_secret_access_key=ADMIN_KEY[1],
+    )
     for key in iam.list_access_keys(UserName="sue-mgr")["AccessKeyMetadata"]:
         iam.update_access_key(UserName="sue-mgr", AccessKeyId=key["AccessKeyId"], Status="Inactive")
 
@@ -134,8 +150,13 @@ def _revoke(home: Path) -> None:
 def _reinstate() -> None:
     import boto3
 
-    iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name=REGION,
-                       aws_access_key_id=ADMIN_KEY[0], aws_secret_access_key=ADMIN_KEY[1])
+    iam = boto3.client(
+        "iam",
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        region_name=REGION,
+        aws_access_key_id=ADMIN_KEY[0],
+        aws_secret_access_key=ADMIN_KEY[1],
+    )
     keys = iam.list_access_keys(UserName="sue-mgr")["AccessKeyMetadata"]
     newest = max(keys, key=lambda k: k["CreateDate"])
     iam.update_access_key(UserName="sue-mgr", AccessKeyId=newest["AccessKeyId"], Status="Active")
@@ -162,8 +183,13 @@ CASES: list[tuple[str, list[str], Setup | None, dict[str, str], str]] = [
     ("credentials unreadable", ["--eval", "sue"], _symlink_loop, {}, "cannot read"),
     ("credentials not utf-8", ["--profiles"], _not_utf8, {}, "not UTF-8"),
     ("unknown option", ["--frobnicate"], None, {}, "unrecognized arguments"),
-    ("min-ttl not shorter than duration", ["--eval", "sue", "--duration", "1", "--min-ttl", "90"], None, {},
-     "not shorter than --duration"),
+    (
+        "min-ttl not shorter than duration",
+        ["--eval", "sue", "--duration", "1", "--min-ttl", "90"],
+        None,
+        {},
+        "not shorter than --duration",
+    ),
     ("role profiles in a loop", ["--eval", "loop-a"], None, {}, "loop through source_profile"),
     ("bad timeout setting", ["--eval", "sue"], _expired, {"IAM_SORRY_LOCK_TIMEOUT": "soon"}, "IAM_SORRY_LOCK_TIMEOUT"),
     ("conflicting actions", ["--eval", "sue", "--profiles"], None, {}, "cannot be combined"),
@@ -182,8 +208,15 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 @pytest.mark.parametrize(("argv", "setup", "extra_env", "needle"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(world: World, private_home: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str],
-                   setup: Setup | None, extra_env: dict[str, str], needle: str) -> None:
+def test_bad_input(
+    world: World,
+    private_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    setup: Setup | None,
+    extra_env: dict[str, str],
+    needle: str,
+) -> None:
     shutil.copytree(world.root / ".aws", private_home / ".aws", dirs_exist_ok=True)
     shutil.copytree(world.root / ".ssh", private_home / ".ssh", dirs_exist_ok=True)
     for key, value in world.env.items():

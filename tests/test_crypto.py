@@ -54,8 +54,9 @@ def test_rsa_3072_is_accepted_and_rsa_2048_refused(private_home: Path, ssh_dir: 
     assert_clean_error(run_cli("--profile", "sue-mgr", "--encrypt", "--ssh-key", str(weak)), "2048 bits")
 
 
-def test_agent_and_passphrase_give_the_same_signature(private_home: Path, ed25519: Path, agent,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_agent_and_passphrase_give_the_same_signature(
+    private_home: Path, ed25519: Path, agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
     key = iamsorry.resolve_ssh_key()
     via_agent = iamsorry._Agent(agent.sock).sign(key, iamsorry._KDF_CHALLENGE)
     monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
@@ -64,14 +65,16 @@ def test_agent_and_passphrase_give_the_same_signature(private_home: Path, ed2551
     assert via_agent == via_file
 
 
-def test_rsa_agent_and_passphrase_give_the_same_signature(private_home: Path, ssh_dir: Path, agent,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rsa_agent_and_passphrase_give_the_same_signature(
+    private_home: Path, ssh_dir: Path, agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rsa = make_key(ssh_dir, "id_rsa", "rsa", 3072)
     agent.add(rsa)
     key = iamsorry.resolve_ssh_key(str(rsa))
     monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
     assert iamsorry._Agent(agent.sock).sign(key, iamsorry._KDF_CHALLENGE) == iamsorry._sign_locally(
-        key.fingerprint, str(rsa))
+        key.fingerprint, str(rsa)
+    )
 
 
 def test_changed_passphrase_still_decrypts(private_home: Path, ed25519: Path, agent) -> None:
@@ -91,8 +94,10 @@ def test_tampered_and_swapped_ciphertexts_are_rejected(private_home: Path, ed255
     raw = bytearray(base64.b64decode(key_id.rsplit(":", 1)[1]))
     raw[-20] ^= 1
     flipped = key_id.rsplit(":", 1)[0] + ":" + base64.b64encode(bytes(raw)).decode()
-    for text in (MANAGER.replace("AKIAMANAGERKEY000001", flipped).replace("manager/secret+KEY", secret),
-                 MANAGER.replace("AKIAMANAGERKEY000001", secret).replace("manager/secret+KEY", key_id)):
+    for text in (
+        MANAGER.replace("AKIAMANAGERKEY000001", flipped).replace("manager/secret+KEY", secret),
+        MANAGER.replace("AKIAMANAGERKEY000001", secret).replace("manager/secret+KEY", key_id),
+    ):
         _creds(private_home, text)
         proc = run_cli("--show-decrypted", "sue-mgr")
         assert_clean_error(proc, "integrity check")
@@ -125,8 +130,11 @@ def test_private_key_protection_detection(ssh_dir: Path) -> None:
     assert iamsorry.private_key_is_protected(protected.read_bytes())
     assert not iamsorry.private_key_is_protected(plain.read_bytes())
     pem = make_key(ssh_dir, "c", "rsa", 3072)
-    subprocess.run(["ssh-keygen", "-q", "-p", "-m", "PEM", "-P", PASSPHRASE, "-N", PASSPHRASE, "-f", str(pem)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-p", "-m", "PEM", "-P", PASSPHRASE, "-N", PASSPHRASE, "-f", str(pem)],
+        check=True,
+        capture_output=True,
+    )
     assert b"ENCRYPTED" in pem.read_bytes()
     assert iamsorry.private_key_is_protected(pem.read_bytes())
 
@@ -143,7 +151,7 @@ def test_legacy_kdf_over_a_v2_value_fails(private_home: Path, ed25519: Path) -> 
     attacker_key = iamsorry.legacy_key(ed25519.read_bytes())
     for nonce_at in (0, 16):  # as 0.2.x laid it out, and at v2's offset
         with pytest.raises(InvalidTag):
-            AESGCM(attacker_key).decrypt(raw[nonce_at:nonce_at + 12], raw[nonce_at + 12:], None)
+            AESGCM(attacker_key).decrypt(raw[nonce_at : nonce_at + 12], raw[nonce_at + 12 :], None)
     with pytest.raises(iamsorry.CryptoError):
         iamsorry.open_legacy("__encrypted__:" + value.rsplit(":", 1)[1], str(ed25519))
 
@@ -158,7 +166,8 @@ def _legacy_seal(plain: str, key_file: Path) -> str:
 
 def test_legacy_values_decrypt_warn_and_migrate(private_home: Path, ed25519: Path) -> None:
     legacy = MANAGER.replace("AKIAMANAGERKEY000001", _legacy_seal("AKIAMANAGERKEY000001", ed25519)).replace(
-        "manager/secret+KEY", _legacy_seal("manager/secret+KEY", ed25519))
+        "manager/secret+KEY", _legacy_seal("manager/secret+KEY", ed25519)
+    )
     _creds(private_home, legacy)
     shown = run_cli("--show-decrypted", "sue-mgr")
     assert shown.stdout == MANAGER
@@ -170,8 +179,9 @@ def test_legacy_values_decrypt_warn_and_migrate(private_home: Path, ed25519: Pat
     assert again.stdout == MANAGER and "weak" not in again.stderr
 
 
-def test_no_agent_and_no_terminal_is_a_clear_error(private_home: Path, ed25519: Path, agent,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_no_agent_and_no_terminal_is_a_clear_error(
+    private_home: Path, ed25519: Path, agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _creds(private_home)
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     monkeypatch.delenv("SSH_AUTH_SOCK")
@@ -216,8 +226,9 @@ def test_agent_socket_gone(private_home: Path, ed25519: Path, agent) -> None:
     assert_clean_error(run_cli("--eval", "sue-mgr"), "is gone")
 
 
-def test_forwarded_agent_key_without_a_file_is_allowed(private_home: Path, ssh_dir: Path, agent,
-                                                       tmp_path: Path) -> None:
+def test_forwarded_agent_key_without_a_file_is_allowed(
+    private_home: Path, ssh_dir: Path, agent, tmp_path: Path
+) -> None:
     elsewhere = make_key(tmp_path / "laptop", "id_ed25519")
     agent.add(elsewhere)
     _creds(private_home)
@@ -227,8 +238,9 @@ def test_forwarded_agent_key_without_a_file_is_allowed(private_home: Path, ssh_d
     assert run_cli("--show-decrypted", "sue-mgr").stdout == MANAGER
 
 
-def test_show_encrypted_needs_no_agent(private_home: Path, ed25519: Path, agent,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_show_encrypted_needs_no_agent(
+    private_home: Path, ed25519: Path, agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _creds(private_home)
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     fp = iamsorry.resolve_ssh_key().fingerprint
@@ -243,13 +255,16 @@ def test_eval_of_sealed_profile_exports_plaintext(private_home: Path, ed25519: P
     _creds(private_home)
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     proc = run_cli("--eval", "sue-mgr", "--shell", "sh")
-    assert proc.stdout.splitlines()[:3] == ["export AWS_ACCESS_KEY_ID='AKIAMANAGERKEY000001'",
-                                            "export AWS_SECRET_ACCESS_KEY='manager/secret+KEY'",
-                                            "unset AWS_SESSION_TOKEN"]
+    assert proc.stdout.splitlines()[:3] == [
+        "export AWS_ACCESS_KEY_ID='AKIAMANAGERKEY000001'",
+        "export AWS_SECRET_ACCESS_KEY='manager/secret+KEY'",
+        "unset AWS_SESSION_TOKEN",
+    ]
 
 
-def test_lazy_decryption_reads_without_the_agent(private_home: Path, ed25519: Path, agent,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lazy_decryption_reads_without_the_agent(
+    private_home: Path, ed25519: Path, agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _creds(private_home, MANAGER + "[plain]\naws_access_key_id = AKIAPLAINPLAINPLAIN1\naws_secret_access_key = p\n")
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     monkeypatch.setenv("SSH_AUTH_SOCK", "/nonexistent/agent.sock")

@@ -28,8 +28,14 @@ def _alive(pid: int) -> bool:
 
 def test_demo_plays_the_quick_start_and_cleans_up() -> None:
     # conftest gave us a private HOME and no AWS_* or SSH_AUTH_SOCK; --no-install: this Python has the test extra.
-    proc = subprocess.run([sys.executable, str(DEMO), "--no-install"], capture_output=True, text=True,
-                          timeout=300, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.run(
+        [sys.executable, str(DEMO), "--no-install"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "\n$ iam-sorry --profile aws-admin --create-iam-sorry sue-mgr\n" in proc.stdout

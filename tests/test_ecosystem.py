@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import REGION, FakeAws, assert_clean_error, iamsorry, run_cli
 
-HOSTILE_SECRET = "it's $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\back;semi $HOME\tend"
+HOSTILE_SECRET = 'it\'s $(touch PWNED1) `touch PWNED2` "dq" !bang \\back;semi $HOME\tend'
 HOSTILE_TOKEN_LINES = ["first'line $(touch PWNED3)", "second `touch PWNED4` line!"]
 DUMP = "import json, os; print(json.dumps({k: os.environ.get(k) for k in sorted(os.environ) if k.startswith('AWS_')}))"
 
@@ -22,8 +22,10 @@ def _hostile_profile(home: Path) -> None:
     path = home / ".aws" / "credentials"
     path.parent.mkdir(exist_ok=True)
     token = HOSTILE_TOKEN_LINES[0] + "\n    " + HOSTILE_TOKEN_LINES[1]
-    path.write_text(f"[hostile]\naws_access_key_id = ASIAHOSTILEHOSTILE01\naws_secret_access_key = {HOSTILE_SECRET}\n"
-                    f"aws_session_token = {token}\nexpiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n")
+    path.write_text(
+        f"[hostile]\naws_access_key_id = ASIAHOSTILEHOSTILE01\naws_secret_access_key = {HOSTILE_SECRET}\n"
+        f"aws_session_token = {token}\nexpiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n"
+    )
 
 
 EXPECTED_ENV = {
@@ -36,20 +38,20 @@ EXPECTED_ENV = {
 
 EXPECTED_TEXT = {
     "sh": "export AWS_ACCESS_KEY_ID='ASIAHOSTILEHOSTILE01'\n"
-          "export AWS_SECRET_ACCESS_KEY='it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\back;semi $HOME\tend'\n",  # noqa: E501
+    "export AWS_SECRET_ACCESS_KEY='it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\back;semi $HOME\tend'\n",  # noqa: E501
     "csh": "setenv AWS_ACCESS_KEY_ID 'ASIAHOSTILEHOSTILE01';\n"
-           "setenv AWS_SECRET_ACCESS_KEY 'it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" \\!bang \\back;semi $HOME\tend';\n",  # noqa: E501
+    "setenv AWS_SECRET_ACCESS_KEY 'it'\\''s $(touch PWNED1) `touch PWNED2` \"dq\" \\!bang \\back;semi $HOME\tend';\n",  # noqa: E501
     "fish": "set -gx AWS_ACCESS_KEY_ID 'ASIAHOSTILEHOSTILE01';\n"
-            "set -gx AWS_SECRET_ACCESS_KEY 'it\\'s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\\\back;semi $HOME\tend';\n",  # noqa: E501
+    "set -gx AWS_SECRET_ACCESS_KEY 'it\\'s $(touch PWNED1) `touch PWNED2` \"dq\" !bang \\\\back;semi $HOME\tend';\n",  # noqa: E501
 }
 
 RUNNERS = {  # how a user feeds --eval output to each shell
     "sh": ["sh", "-c", '. "$1" && "$2" -c "$3"', "sh"],
     "bash": ["bash", "-c", 'eval "$(cat "$1")" && "$2" -c "$3"', "bash"],
     "dash": ["dash", "-c", '. "$1" && "$2" -c "$3"', "dash"],
-    "tcsh": ["tcsh", "-f", "-c", 'source $1:q && $2:q -c $3:q'],
-    "csh": ["csh", "-f", "-c", 'source $1:q && $2:q -c $3:q'],
-    "fish": ["fish", "--no-config", "-c", 'source $argv[1]; and $argv[2] -c $argv[3]'],
+    "tcsh": ["tcsh", "-f", "-c", "source $1:q && $2:q -c $3:q"],
+    "csh": ["csh", "-f", "-c", "source $1:q && $2:q -c $3:q"],
+    "fish": ["fish", "--no-config", "-c", "source $argv[1]; and $argv[2] -c $argv[3]"],
 }
 SYNTAX = {"sh": "sh", "bash": "sh", "dash": "sh", "tcsh": "csh", "csh": "csh", "fish": "fish"}
 
@@ -83,8 +85,11 @@ def test_static_credentials_unset_the_token_in_each_syntax(private_home: Path) -
     path = private_home / ".aws" / "credentials"
     path.parent.mkdir()
     path.write_text("[svc]\naws_access_key_id = AKIASVCSVCSVCSVCSVC1\naws_secret_access_key = s\n")
-    for shell, line in (("sh", "unset AWS_SESSION_TOKEN\n"), ("csh", "unsetenv AWS_SESSION_TOKEN;\n"),
-                        ("fish", "set -e AWS_SESSION_TOKEN;\n")):
+    for shell, line in (
+        ("sh", "unset AWS_SESSION_TOKEN\n"),
+        ("csh", "unsetenv AWS_SESSION_TOKEN;\n"),
+        ("fish", "set -e AWS_SESSION_TOKEN;\n"),
+    ):
         assert line in run_cli("--eval", "svc", "--shell", shell).stdout
 
 
@@ -136,9 +141,16 @@ def test_profiles_show_owner_and_time_left(manager: FakeAws) -> None:
     soon = iamsorry.format_time(iamsorry.now() + 2 * 3600 + 5 * 60 + 30)
     with iamsorry.Store().edit() as s:
         s.creds.set("sue", {"expiration": soon})
-        s.creds.set("old", {"aws_access_key_id": "ASIAOLDOLDOLDOLDOLD1", "aws_secret_access_key": "x",
-                            "aws_session_token": "t", "expiration": iamsorry.format_time(iamsorry.now() - 7300),
-                            "credentials_owner": "sue-old"})
+        s.creds.set(
+            "old",
+            {
+                "aws_access_key_id": "ASIAOLDOLDOLDOLDOLD1",
+                "aws_secret_access_key": "x",
+                "aws_session_token": "t",
+                "expiration": iamsorry.format_time(iamsorry.now() - 7300),
+                "credentials_owner": "sue-old",
+            },
+        )
     lines = {ln.split()[0]: ln.split() for ln in run_cli("--list").stdout.splitlines()[1:]}
     assert lines["sue"][1:] == ["session", "sue", "2h05m"]
     assert lines["old"][1:] == ["session", "sue-old", "EXPIRED", "2h01m", "ago"]
@@ -190,7 +202,6 @@ def test_messages_mask_access_key_ids(manager: FakeAws) -> None:
     assert "\033[" not in proc.stderr
 
 
-
 def test_process_profile_quotes_a_path_with_spaces(private_home: Path, tmp_path: Path) -> None:
     import shlex
 
@@ -202,8 +213,12 @@ def test_process_profile_quotes_a_path_with_spaces(private_home: Path, tmp_path:
     path = private_home / ".aws" / "credentials"
     path.parent.mkdir()
     path.write_text("[svc]\naws_access_key_id = AKIASVCSVCSVCSVCSVC1\naws_secret_access_key = s\n")
-    proc = subprocess.run([sys.executable, str(script), "--add-process-profile", "svc"], capture_output=True,
-                          text=True, env=os.environ.copy())
+    proc = subprocess.run(
+        [sys.executable, str(script), "--add-process-profile", "svc"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
     assert proc.returncode == 0, proc.stderr
     line = iamsorry.read_aws_config()["svc-auto"]["credential_process"]
     argv = shlex.split(line)

@@ -72,11 +72,7 @@ SIZE_LIMITS = {
 # Severities/titles of community findings live in a separate file that the CLI
 # merges for --include-community-auditors; do the same.
 parliament.override_config(
-    str(
-        pathlib.Path(parliament.__file__).parent
-        / "community_auditors"
-        / "config_override.yaml"
-    )
+    str(pathlib.Path(parliament.__file__).parent / "community_auditors" / "config_override.yaml")
 )
 
 # Community-auditor findings accepted as inherent to the tool's purpose.
@@ -172,9 +168,7 @@ def resources(stmt: dict[str, Any]) -> list[str]:
 
 
 def run_parliament(policy: dict[str, Any], *, community: bool = False) -> Any:
-    return analyze_policy_string(
-        json.dumps(policy, indent=2), include_community_auditors=community
-    )
+    return analyze_policy_string(json.dumps(policy, indent=2), include_community_auditors=community)
 
 
 def findings_of(analyzed: Any) -> list[Any]:
@@ -182,11 +176,7 @@ def findings_of(analyzed: Any) -> list[Any]:
 
 
 def severity_problems(findings: list[Any]) -> list[str]:
-    return [
-        f"{f.severity} {f.issue} {f.detail}"
-        for f in findings
-        if f.severity not in ALLOWED_SEVERITIES
-    ]
+    return [f"{f.severity} {f.issue} {f.detail}" for f in findings if f.severity not in ALLOWED_SEVERITIES]
 
 
 def blocking_problems(analyzed: Any, findings: list[Any]) -> list[str]:
@@ -208,9 +198,7 @@ def all_params() -> list[tuple[str, str, str]]:
 
 def wild(pattern: str, value: str, *, ignore_case: bool = False) -> bool:
     """IAM wildcard match: '*' any run of characters (including '/'), '?' one."""
-    regex = "".join(
-        ".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern
-    )
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
     flags = re.DOTALL | (re.IGNORECASE if ignore_case else 0)
     return re.fullmatch(regex, value, flags) is not None
 
@@ -277,36 +265,23 @@ def delegation_problems(policy: dict[str, Any], prefix: str, account: str) -> li
         acts = expanded_actions(stmt)
         sid = stmt["Sid"]
         for action in ("iam:createuser", "iam:taguser"):
-            if action not in acts or not [
-                r for r in resources(stmt) if r not in namespace
-            ]:
+            if action not in acts or not [r for r in resources(stmt) if r not in namespace]:
                 continue
             if acts - {"iam:createuser", "iam:taguser"}:
-                problems.append(
-                    f"{sid}: delegation shares a statement with {sorted(acts)}"
-                )
+                problems.append(f"{sid}: delegation shares a statement with {sorted(acts)}")
             cond = stmt.get("Condition", {})
             if set(cond) - {"StringEquals", "ForAllValues:StringEquals", "Null"}:
                 problems.append(f"{sid}: unexpected operators {sorted(cond)}")
-            if (
-                cond.get("StringEquals", {}).get("aws:RequestTag/delegated-by")
-                != "${aws:username}"
-            ):
-                problems.append(
-                    f"{sid}: {action} without delegated-by=${{aws:username}}"
-                )
+            if cond.get("StringEquals", {}).get("aws:RequestTag/delegated-by") != "${aws:username}":
+                problems.append(f"{sid}: {action} without delegated-by=${{aws:username}}")
             keys = cond.get("ForAllValues:StringEquals", {}).get("aws:TagKeys")
             if keys is None or not set(as_list(keys)) <= {"owner", "delegated-by"}:
-                problems.append(
-                    f"{sid}: {action} tag keys not limited to owner/delegated-by"
-                )
+                problems.append(f"{sid}: {action} tag keys not limited to owner/delegated-by")
             null = cond.get("Null", {})
             if null.get("aws:RequestTag/owner") != "false":
                 problems.append(f"{sid}: {action} does not require the owner tag")
             if action == "iam:taguser" and null.get("aws:ResourceTag/owner") != "true":
-                problems.append(
-                    f"{sid}: TagUser outside the namespace on already-owned users"
-                )
+                problems.append(f"{sid}: TagUser outside the namespace on already-owned users")
     return problems
 
 
@@ -315,10 +290,7 @@ def forbidden_problems(policy: dict[str, Any]) -> list[str]:
     UntagUser, no Allow on Resource '*'."""
     problems: list[str] = []
     for stmt in statements(policy):
-        if (
-            "iam:passrole" in expanded_actions(stmt)
-            or "passrole" in json.dumps(stmt).lower()
-        ):
+        if "iam:passrole" in expanded_actions(stmt) or "passrole" in json.dumps(stmt).lower():
             problems.append(f"{stmt['Sid']}: mentions iam:PassRole")
     for stmt in allows(policy):
         bad = expanded_actions(stmt) & MANAGER_FORBIDDEN_ALLOWS
@@ -333,9 +305,7 @@ def _denies_with(policy: dict[str, Any], action: str) -> list[dict[str, Any]]:
     return [s for s in denies(policy) if action.lower() in expanded_actions(s)]
 
 
-def foreign_owner_problems(
-    policy: dict[str, Any], prefix: str, account: str
-) -> list[str]:
+def foreign_owner_problems(policy: dict[str, Any], prefix: str, account: str) -> list[str]:
     """Explicit Deny of key writes on namespace users owned outside the namespace."""
     wanted = {"iam:createaccesskey", "iam:deleteaccesskey", "iam:updateaccesskey"}
     for s in denies(policy):
@@ -357,28 +327,18 @@ def owned_user_problems(policy: dict[str, Any], account: str) -> list[str]:
     problems: list[str] = []
     any_user = P.all_users_arn(account)
     owned = {"Null": {"aws:ResourceTag/owner": "false"}}
-    if not any(
-        any_user in resources(s) and s.get("Condition") == owned
-        for s in _denies_with(policy, "iam:UntagUser")
-    ):
+    if not any(any_user in resources(s) and s.get("Condition") == owned for s in _denies_with(policy, "iam:UntagUser")):
         problems.append("no Deny iam:UntagUser on users with an owner tag")
     ok = False
     for s in _denies_with(policy, "iam:TagUser"):
         cond = dict(s.get("Condition", {}))
         if any_user not in resources(s) or cond.pop("Null", None) != owned["Null"]:
             continue
-        keys = {
-            k.lower()
-            for block in cond.values()
-            for k in as_list(block.get("aws:TagKeys", []))
-        }
+        keys = {k.lower() for block in cond.values() for k in as_list(block.get("aws:TagKeys", []))}
         # Either every TagUser on owned users is denied, or at least the
         # ones touching owner/delegated-by (case-insensitively: IAM user tag
         # keys are case-insensitive).
-        if not cond or (
-            set(cond) == {"ForAnyValue:StringEqualsIgnoreCase"}
-            and {"owner", "delegated-by"} <= keys
-        ):
+        if not cond or (set(cond) == {"ForAnyValue:StringEqualsIgnoreCase"} and {"owner", "delegated-by"} <= keys):
             ok = True
     if not ok:
         problems.append("no Deny on TagUser changing owner/delegated-by of owned users")
@@ -391,10 +351,7 @@ def view_problems(policy: dict[str, Any], account: str) -> list[str]:
         f"{action} not allowed unconditionally on every user"
         for action in ("iam:getuser", "iam:listusertags")
         if not any(
-            action in expanded_actions(s)
-            and any_user in resources(s)
-            and "Condition" not in s
-            for s in allows(policy)
+            action in expanded_actions(s) and any_user in resources(s) and "Condition" not in s for s in allows(policy)
         )
     ]
 
@@ -419,23 +376,16 @@ def self_problems(policy: dict[str, Any], prefix: str, account: str) -> list[str
         ):
             problems.append(f"{action} not allowed on the manager itself")
     if not any(
-        P.own_user_arn(account) in resources(s) and "Condition" not in s
-        for s in _denies_with(policy, "iam:TagUser")
+        P.own_user_arn(account) in resources(s) and "Condition" not in s for s in _denies_with(policy, "iam:TagUser")
     ):
         problems.append("the manager may tag itself")
     return problems
 
 
-def pathed_problems(
-    policy: dict[str, Any], account: str, actions: list[str]
-) -> list[str]:
+def pathed_problems(policy: dict[str, Any], account: str, actions: list[str]) -> list[str]:
     pathed = {P.pathed_identity_arns(account)[0], P.pathed_identity_arns(account)[1]}
     for s in denies(policy):
-        if (
-            pathed <= set(resources(s))
-            and {a.lower() for a in actions} <= expanded_actions(s)
-            and "Condition" not in s
-        ):
+        if pathed <= set(resources(s)) and {a.lower() for a in actions} <= expanded_actions(s) and "Condition" not in s:
             return []
     return [f"no unconditional Deny of {actions} on user/*/* and role/*/*"]
 
@@ -449,9 +399,7 @@ def refresh_problems(policy: dict[str, Any], prefix: str, account: str) -> list[
         acts = expanded_actions(stmt)
         granted |= acts
         if acts - needed:
-            problems.append(
-                f"{stmt['Sid']}: more than minting needs: {sorted(acts - needed)}"
-            )
+            problems.append(f"{stmt['Sid']}: more than minting needs: {sorted(acts - needed)}")
         if set(resources(stmt)) - namespace or "Condition" in stmt:
             problems.append(f"{stmt['Sid']}: not exactly the namespace users")
     if granted != needed:
@@ -484,21 +432,13 @@ def lambda_problems(policy: dict[str, Any], prefix: str, account: str) -> list[s
                 if cond.get("ArnLike", {}).get("lambda:FunctionArn") != function_arn:
                     problems.append(f"{sid}: {res} not bound to namespace functions")
                 continue
-            if not any(
-                res.startswith(root)
-                for svc in services
-                for root in namespace_roots.get(svc, [])
-            ):
+            if not any(res.startswith(root) for svc in services for root in namespace_roots.get(svc, [])):
                 problems.append(f"{sid}: resource {res} outside namespace")
         if "iam:passrole" in expanded_actions(stmt):
             if resources(stmt) != [role_arn]:
                 problems.append(f"{sid}: PassRole resource {resources(stmt)}")
-            if stmt.get("Condition") != {
-                "StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}
-            }:
-                problems.append(
-                    f"{sid}: PassRole without iam:PassedToService=lambda.amazonaws.com"
-                )
+            if stmt.get("Condition") != {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}}:
+                problems.append(f"{sid}: PassRole without iam:PassedToService=lambda.amazonaws.com")
             if len(expanded_actions(stmt)) != 1:
                 problems.append(f"{sid}: PassRole shares a statement")
     granted = set().union(*(expanded_actions(s) for s in allows(policy)))
@@ -538,9 +478,7 @@ def _compare(base: str, expected: str, actual: str) -> bool:
 
 
 def _condition_holds(op: str, key: str, expected: Any, ctx: dict[str, Any]) -> bool:
-    lookup = {
-        k.lower(): v for k, v in ctx.items()
-    }  # condition key names are case-insensitive
+    lookup = {k.lower(): v for k, v in ctx.items()}  # condition key names are case-insensitive
     present = key.lower() in lookup
     if op == "Null":
         return (str(expected).lower() == "true") != present
@@ -556,10 +494,7 @@ def _condition_holds(op: str, key: str, expected: Any, ctx: dict[str, Any]) -> b
         if set_op == "ForAnyValue":
             return False
         return base in _NEGATED  # a missing key makes negated operators true
-    hits = [
-        any(_compare(base, e, str(v)) for e in wanted)
-        for v in as_list(lookup[key.lower()])
-    ]
+    hits = [any(_compare(base, e, str(v)) for e in wanted) for v in as_list(lookup[key.lower()])]
     if set_op == "ForAllValues":
         return all(hits)
     if set_op == "ForAnyValue":
@@ -567,9 +502,7 @@ def _condition_holds(op: str, key: str, expected: Any, ctx: dict[str, Any]) -> b
     return not hits[0] if base in _NEGATED else hits[0]
 
 
-def _applies(
-    stmt: dict[str, Any], action: str, resource: str, ctx: dict[str, Any]
-) -> bool:
+def _applies(stmt: dict[str, Any], action: str, resource: str, ctx: dict[str, Any]) -> bool:
     if not any(wild(a, action, ignore_case=True) for a in as_list(stmt["Action"])):
         return False
     if not any(wild(_subst(r, ctx), resource) for r in resources(stmt)):
@@ -633,12 +566,8 @@ def test_parliament_no_findings_above_low(kind: str, prefix: str, account: str) 
 
 
 @pytest.mark.parametrize(("kind", "prefix", "account"), all_params())
-def test_parliament_community_findings_are_acknowledged(
-    kind: str, prefix: str, account: str
-) -> None:
-    found = findings_of(
-        run_parliament(BUILDERS[kind](prefix, account), community=True)
-    )
+def test_parliament_community_findings_are_acknowledged(kind: str, prefix: str, account: str) -> None:
+    found = findings_of(run_parliament(BUILDERS[kind](prefix, account), community=True))
     print_findings(f"{kind} {prefix} {account} (with community auditors)", found)
     unexpected = {
         (f.severity, f.issue, str(f.location.get("type", "")))
@@ -667,9 +596,7 @@ def test_parliament_community_findings_are_acknowledged(
                 "Effect": "Allow",
                 "Action": "lambda:GetFunction",
                 "Resource": f"arn:aws:lambda:*:{ACCT}:function:sue-*",
-                "Condition": {
-                    "StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}
-                },
+                "Condition": {"StringEquals": {"iam:PassedToService": "lambda.amazonaws.com"}},
             },
             id="UNKNOWN_CONDITION_FOR_ACTION-medium",
         ),
@@ -715,13 +642,8 @@ def test_shape_actions_and_size(kind: str, prefix: str, account: str) -> None:
 
 def test_manager_policy_fits_inline_quota_for_long_prefixes() -> None:
     # 28 characters is the longest prefix that fits with a 12-digit account.
-    assert (
-        size_problems(P.manager_policy("a" * 28, ACCT), P.INLINE_USER_POLICY_MAX_CHARS)
-        == []
-    )
-    assert size_problems(
-        P.manager_policy("a" * 29, ACCT), P.INLINE_USER_POLICY_MAX_CHARS
-    )
+    assert size_problems(P.manager_policy("a" * 28, ACCT), P.INLINE_USER_POLICY_MAX_CHARS) == []
+    assert size_problems(P.manager_policy("a" * 29, ACCT), P.INLINE_USER_POLICY_MAX_CHARS)
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -734,12 +656,7 @@ def test_manager_structure(prefix: str, account: str) -> None:
     assert owned_user_problems(policy, account) == []
     assert view_problems(policy, account) == []
     assert self_problems(policy, prefix, account) == []
-    assert (
-        pathed_problems(
-            policy, account, ["iam:CreateUser", "iam:CreateRole", "iam:CreateAccessKey"]
-        )
-        == []
-    )
+    assert pathed_problems(policy, account, ["iam:CreateUser", "iam:CreateRole", "iam:CreateAccessKey"]) == []
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -749,10 +666,7 @@ def test_refresh_structure(prefix: str, account: str) -> None:
     assert refresh_problems(policy, prefix, account) == []
     assert forbidden_problems(policy) == []
     assert foreign_owner_problems(policy, prefix, account) == []
-    assert (
-        pathed_problems(policy, account, ["iam:CreateAccessKey", "iam:DeleteAccessKey"])
-        == []
-    )
+    assert pathed_problems(policy, account, ["iam:CreateAccessKey", "iam:DeleteAccessKey"]) == []
 
 
 @pytest.mark.parametrize("prefix", PREFIXES)
@@ -770,9 +684,7 @@ def test_lambda_s3_pins_bucket_owner_only_when_account_known() -> None:
     for sid in ("S3NamespaceBuckets", "S3NamespaceObjects"):
         (known,) = by_sid(P.lambda_policy("sue", ACCT), sid)
         (unknown,) = by_sid(P.lambda_policy("sue", "*"), sid)
-        assert known["Condition"] == {
-            "StringEqualsIfExists": {"s3:ResourceAccount": ACCT}
-        }
+        assert known["Condition"] == {"StringEqualsIfExists": {"s3:ResourceAccount": ACCT}}
         assert "Condition" not in unknown
 
 
@@ -991,9 +903,7 @@ MANAGER_CASES: list[tuple[str, str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("action", "resource", "ctx", "expected"), MANAGER_CASES)
-def test_manager_behaviour(
-    action: str, resource: str, ctx: dict[str, Any], expected: str
-) -> None:
+def test_manager_behaviour(action: str, resource: str, ctx: dict[str, Any], expected: str) -> None:
     assert evaluate(P.manager_policy("sue", ACCT), action, resource, **ctx) == expected
 
 
@@ -1001,14 +911,8 @@ def test_manager_behaviour(
 def test_other_manager_cannot_touch_sue(account: str) -> None:
     dirk = P.manager_policy("dirk", account)
     for action in ("iam:CreateAccessKey", "iam:DeleteAccessKey", "iam:CreateUser"):
-        assert (
-            evaluate(dirk, action, user("sue-app"), username="dirk-mgr")
-            == "ImplicitDeny"
-        )
-    assert (
-        evaluate(dirk, "iam:CreateAccessKey", user("dirk-app"), username="dirk-mgr")
-        == "Allow"
-    )
+        assert evaluate(dirk, action, user("sue-app"), username="dirk-mgr") == "ImplicitDeny"
+    assert evaluate(dirk, "iam:CreateAccessKey", user("dirk-app"), username="dirk-mgr") == "Allow"
     assert (
         evaluate(
             dirk,
@@ -1037,9 +941,7 @@ REFRESH_CASES: list[tuple[str, str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("action", "resource", "ctx", "expected"), REFRESH_CASES)
-def test_refresh_behaviour(
-    action: str, resource: str, ctx: dict[str, Any], expected: str
-) -> None:
+def test_refresh_behaviour(action: str, resource: str, ctx: dict[str, Any], expected: str) -> None:
     assert evaluate(P.refresh_policy("sue", ACCT), action, resource, **ctx) == expected
 
 
@@ -1169,13 +1071,8 @@ LAMBDA_CASES: list[tuple[str, str, dict[str, Any], str]] = [
 
 
 @pytest.mark.parametrize(("action", "resource", "ctx", "expected"), LAMBDA_CASES)
-def test_lambda_behaviour(
-    action: str, resource: str, ctx: dict[str, Any], expected: str
-) -> None:
-    assert (
-        evaluate(P.lambda_policy("sue", ACCT), action, resource, username="sue", **ctx)
-        == expected
-    )
+def test_lambda_behaviour(action: str, resource: str, ctx: dict[str, Any], expected: str) -> None:
+    assert evaluate(P.lambda_policy("sue", ACCT), action, resource, username="sue", **ctx) == expected
 
 
 # === the checks above can fail: run them on broken policies ==================================
@@ -1214,9 +1111,7 @@ def _manager_checks(policy: dict[str, Any]) -> list[str]:
         + owned_user_problems(policy, ACCT)
         + view_problems(policy, ACCT)
         + self_problems(policy, "sue", ACCT)
-        + pathed_problems(
-            policy, ACCT, ["iam:CreateUser", "iam:CreateRole", "iam:CreateAccessKey"]
-        )
+        + pathed_problems(policy, ACCT, ["iam:CreateUser", "iam:CreateRole", "iam:CreateAccessKey"])
     )
 
 
@@ -1239,9 +1134,7 @@ MANAGER_MUTATIONS: dict[str, Mutator] = {
     ),
     "delegation with IfExists": _edit(
         "DelegateUnownedUser",
-        lambda s: s["Condition"].update(
-            {"StringEqualsIfExists": s["Condition"].pop("StringEquals")}
-        ),
+        lambda s: s["Condition"].update({"StringEqualsIfExists": s["Condition"].pop("StringEquals")}),
     ),
     "delegation with any tag keys": _edit(
         "DelegateUnownedUser", lambda s: s["Condition"].pop("ForAllValues:StringEquals")
@@ -1250,12 +1143,8 @@ MANAGER_MUTATIONS: dict[str, Mutator] = {
         "DelegateUnownedUser",
         lambda s: s["Condition"]["Null"].pop("aws:ResourceTag/owner"),
     ),
-    "PassRole via wildcard": _add(
-        {"Sid": "Bad", "Effect": "Allow", "Action": "iam:Pass*", "Resource": NS}
-    ),
-    "PassRole even as Deny": _add(
-        {"Sid": "Bad", "Effect": "Deny", "Action": "iam:PassRole", "Resource": "*"}
-    ),
+    "PassRole via wildcard": _add({"Sid": "Bad", "Effect": "Allow", "Action": "iam:Pass*", "Resource": NS}),
+    "PassRole even as Deny": _add({"Sid": "Bad", "Effect": "Deny", "Action": "iam:PassRole", "Resource": "*"}),
     "AttachUserPolicy in namespace": _add(
         {
             "Sid": "Bad",
@@ -1264,36 +1153,22 @@ MANAGER_MUTATIONS: dict[str, Mutator] = {
             "Resource": NS,
         }
     ),
-    "UntagUser in namespace": _add(
-        {"Sid": "Bad", "Effect": "Allow", "Action": "iam:UntagUser", "Resource": NS}
-    ),
-    "iam:* in namespace": _add(
-        {"Sid": "Bad", "Effect": "Allow", "Action": "iam:*", "Resource": NS}
-    ),
-    "no untag deny": _edit(
-        "DenyRetagOwnedUsers", lambda s: s.update({"Action": ["iam:TagUser"]})
-    ),
-    "no retag deny": _edit(
-        "DenyRetagOwnedUsers", lambda s: s.update({"Action": ["iam:UntagUser"]})
-    ),
+    "UntagUser in namespace": _add({"Sid": "Bad", "Effect": "Allow", "Action": "iam:UntagUser", "Resource": NS}),
+    "iam:* in namespace": _add({"Sid": "Bad", "Effect": "Allow", "Action": "iam:*", "Resource": NS}),
+    "no untag deny": _edit("DenyRetagOwnedUsers", lambda s: s.update({"Action": ["iam:TagUser"]})),
+    "no retag deny": _edit("DenyRetagOwnedUsers", lambda s: s.update({"Action": ["iam:UntagUser"]})),
     "retag deny only for case-sensitive keys": _edit(
         "DenyRetagOwnedUsers",
-        lambda s: s["Condition"].update(
-            {"ForAnyValue:StringEquals": {"aws:TagKeys": ["owner", "delegated-by"]}}
-        ),
+        lambda s: s["Condition"].update({"ForAnyValue:StringEquals": {"aws:TagKeys": ["owner", "delegated-by"]}}),
     ),
     "no foreign-owner deny": _drop("DenyUsersOwnedByOthers"),
-    "foreign-owner deny without Null": _edit(
-        "DenyUsersOwnedByOthers", lambda s: s["Condition"].pop("Null")
-    ),
+    "foreign-owner deny without Null": _edit("DenyUsersOwnedByOthers", lambda s: s["Condition"].pop("Null")),
     "no view": _drop("ViewAnyUser"),
     "no self rotation": _drop("RotateOwnKey"),
     "self may tag itself": _drop("DenyTagSelf"),
     "paths allowed": _drop("DenyPathedIdentities"),
     "missing Sid": _edit("ViewAnyUser", lambda s: s.pop("Sid")),
-    "unknown action": _add(
-        {"Sid": "Bad", "Effect": "Allow", "Action": "iam:CreateUsers", "Resource": NS}
-    ),
+    "unknown action": _add({"Sid": "Bad", "Effect": "Allow", "Action": "iam:CreateUsers", "Resource": NS}),
     "too big for inline": _add(
         {
             "Sid": "Big",
@@ -1318,9 +1193,7 @@ def test_manager_checks_detect_broken_policy(name: str) -> None:
 
 
 LAMBDA_MUTATIONS: dict[str, Mutator] = {
-    "PassRole without condition": _edit(
-        "PassNamespaceRolesToLambda", lambda s: s.pop("Condition")
-    ),
+    "PassRole without condition": _edit("PassNamespaceRolesToLambda", lambda s: s.pop("Condition")),
     "PassRole to any service": _edit(
         "PassNamespaceRolesToLambda",
         lambda s: s["Condition"]["StringEquals"].update({"iam:PassedToService": "*"}),
@@ -1329,16 +1202,12 @@ LAMBDA_MUTATIONS: dict[str, Mutator] = {
         "PassNamespaceRolesToLambda",
         lambda s: s.update({"Resource": f"arn:aws:iam::{ACCT}:role/*"}),
     ),
-    "lambda:* everywhere": _add(
-        {"Sid": "Bad", "Effect": "Allow", "Action": "lambda:*", "Resource": "*"}
-    ),
+    "lambda:* everywhere": _add({"Sid": "Bad", "Effect": "Allow", "Action": "lambda:*", "Resource": "*"}),
     "functions outside namespace": _edit(
         "LambdaNamespaceFunctions",
         lambda s: s.update({"Resource": f"arn:aws:lambda:*:{ACCT}:function:*"}),
     ),
-    "other buckets": _edit(
-        "S3NamespaceObjects", lambda s: s.update({"Resource": "arn:aws:s3:::*/*"})
-    ),
+    "other buckets": _edit("S3NamespaceObjects", lambda s: s.update({"Resource": "arn:aws:s3:::*/*"})),
     "other tables": _edit(
         "DynamoDBNamespaceTables",
         lambda s: s.update({"Resource": f"arn:aws:dynamodb:*:{ACCT}:table/*"}),
@@ -1355,9 +1224,7 @@ LAMBDA_MUTATIONS: dict[str, Mutator] = {
             "Resource": f"arn:aws:cloudfront::{ACCT}:distribution/*",
         }
     ),
-    "unconditioned ESM on *": _edit(
-        "LambdaCreateEventSourceMapping", lambda s: s.pop("Condition")
-    ),
+    "unconditioned ESM on *": _edit("LambdaCreateEventSourceMapping", lambda s: s.pop("Condition")),
     "no logs": _drop("LogsNamespaceLambdaLogGroups"),
 }
 
@@ -1373,9 +1240,7 @@ def test_lambda_checks_detect_broken_policy(name: str) -> None:
 @pytest.mark.parametrize(
     "mutate",
     [
-        _edit(
-            "MintForNamespaceUsers", lambda s: s["Action"].append("iam:UpdateAccessKey")
-        ),
+        _edit("MintForNamespaceUsers", lambda s: s["Action"].append("iam:UpdateAccessKey")),
         _edit(
             "ReadNamespaceUsers",
             lambda s: s.update({"Resource": P.all_users_arn(ACCT)}),
@@ -1394,7 +1259,4 @@ def test_refresh_check_detects_broken_policy(mutate: Mutator) -> None:
 def test_evaluator_detects_missing_deny() -> None:
     policy = copy.deepcopy(P.manager_policy("sue", ACCT))
     _drop("DenyUsersOwnedByOthers")(policy)
-    assert (
-        evaluate(policy, "iam:CreateAccessKey", user("sue-bedrock"), **owned("jimmy"))
-        == "Allow"
-    )
+    assert evaluate(policy, "iam:CreateAccessKey", user("sue-bedrock"), **owned("jimmy")) == "Allow"

@@ -26,16 +26,26 @@ def _expire(profile: str = "sue") -> None:
 def _decorate(home: Path) -> tuple[set[str], str]:
     """Add comments and bystander profiles a careless writer would lose."""
     path = home / ".aws" / "credentials"
-    text = COMMENTS + path.read_text() + "".join(
-        f"\n# bystander {i}\n[other{i}]\naws_access_key_id = AKIAOTHER{i:011d}\naws_secret_access_key = x\n"
-        for i in range(5))
+    text = (
+        COMMENTS
+        + path.read_text()
+        + "".join(
+            f"\n# bystander {i}\n[other{i}]\naws_access_key_id = AKIAOTHER{i:011d}\naws_secret_access_key = x\n"
+            for i in range(5)
+        )
+    )
     path.write_text(text)
     return set(iamsorry.read_aws_credentials()), iamsorry.read_aws_credentials()["sue-mgr"]["aws_secret_access_key"]
 
 
 def _spawn(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, str(SCRIPT), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def test_forty_parallel_evals_mint_once(manager: FakeAws) -> None:
@@ -128,26 +138,42 @@ def test_interrupted_mint_deletes_its_temporary_key(manager: FakeAws, sig: int) 
     assert set(iamsorry.read_aws_credentials()) >= {"sue", "sue-mgr"}
 
 
-
 def test_a_job_without_an_agent_reuses_a_refresh_in_progress(manager: FakeAws, tmp_path: Path) -> None:
     """Compute nodes often have no agent: a job that finds [sue] stale while
     another process refreshes it waits on the lock and takes the result,
     instead of failing for want of the manager key."""
     _expire()
     lock = manager.home / ".aws" / "credentials.lock"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time, importlib.machinery\n"
-        "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
-        "fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(2)\n"
-        "s = m.Store().load()\n"
-        "s.creds.set('sue', {'aws_access_key_id': 'ASIAFRESHFRESHFRESH1', 'expiration': '2099-01-01T00:00:00Z'})\n"
-        "m.atomic_write(s.creds_path, s.creds.text(), True)\n"), str(SCRIPT), str(lock)],
-        stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time, importlib.machinery\n"
+                "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
+                "fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(2)\n"
+                "s = m.Store().load()\n"
+                "s.creds.set('sue', {'aws_access_key_id': 'ASIAFRESHFRESHFRESH1',\n"
+                "                    'expiration': '2099-01-01T00:00:00Z'})\n"
+                "m.atomic_write(s.creds_path, s.creds.text(), True)\n"
+            ),
+            str(SCRIPT),
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--eval", "sue"], capture_output=True, text=True,
-                          env=env, timeout=60, start_new_session=True)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--eval", "sue"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        start_new_session=True,
+    )
     holder.wait(timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert "ASIAFRESHFRESHFRESH1" in proc.stdout

@@ -63,14 +63,20 @@ def test_editing_one_section_leaves_every_other_byte(private_home: Path) -> None
     path.write_bytes(NASTY.encode())
     store = iamsorry.Store()
     with store.edit() as s:
-        s.creds.set("sue", {"aws_access_key_id": "ASIANEWNEWNEWNEWNEW1", "aws_session_token": "newtok",
-                            "expiration": "2030-01-01T00:00:00Z"})
+        s.creds.set(
+            "sue",
+            {
+                "aws_access_key_id": "ASIANEWNEWNEWNEWNEW1",
+                "aws_session_token": "newtok",
+                "expiration": "2030-01-01T00:00:00Z",
+            },
+        )
     after = path.read_bytes().decode()
     start, end = NASTY.index("[sue]"), NASTY.index("\r\n[other]")
     before_sue, after_sue = NASTY[:start], NASTY[end:]
     assert after.startswith(before_sue)
     assert after.endswith(after_sue)
-    middle = after[len(before_sue): len(after) - len(after_sue)]
+    middle = after[len(before_sue) : len(after) - len(after_sue)]
     assert middle == (
         "[sue]\r\naws_access_key_id = ASIANEWNEWNEWNEWNEW1\r\naws_secret_access_key = oldsecret\r\n"
         "aws_session_token = newtok\r\nexpiration = 2030-01-01T00:00:00Z\r\ncredentials_owner = sue\r\n"
@@ -85,13 +91,22 @@ def test_new_section_is_appended_and_removal_takes_exactly_its_lines(private_hom
         s.creds.set("new", {"aws_access_key_id": "AKIANEWNEWNEWNEWNEW1", "aws_secret_access_key": "x"})
     text = path.read_bytes().decode()
     assert text.startswith(NASTY)
-    assert text[len(NASTY):] == "\r\n[new]\r\naws_access_key_id = AKIANEWNEWNEWNEWNEW1\r\naws_secret_access_key = x\r\n"
+    assert (
+        text[len(NASTY) :] == "\r\n[new]\r\naws_access_key_id = AKIANEWNEWNEWNEWNEW1\r\naws_secret_access_key = x\r\n"
+    )
     with iamsorry.Store().edit() as s:
         assert s.creds.remove("new")
         assert s.creds.remove("other")
     text = path.read_bytes().decode()
-    assert text == NASTY.replace("[other]   ; inline remark\r\naws_access_key_id = AKIAOTHEROTHEROTHER1\r\n"
-                                 "aws_secret_access_key = othersecret\r\n", "") + "\r\n"
+    assert (
+        text
+        == NASTY.replace(
+            "[other]   ; inline remark\r\naws_access_key_id = AKIAOTHEROTHEROTHER1\r\n"
+            "aws_secret_access_key = othersecret\r\n",
+            "",
+        )
+        + "\r\n"
+    )
 
 
 def test_unchanged_store_is_not_rewritten(private_home: Path) -> None:
@@ -104,14 +119,18 @@ def test_unchanged_store_is_not_rewritten(private_home: Path) -> None:
     assert path.stat().st_ino == inode
 
 
-@pytest.mark.parametrize(("text", "line", "what"), [
-    ("[a]\naws_access_key_id = x\nthis line is nonsense\n", 3, "cannot parse"),
-    ("aws_access_key_id = x\n[a]\n", 1, "outside any [section]"),
-    ("[a]\nk = 1\n[b]\nk = 2\n[a]\n", 5, "duplicate section"),
-    ("[a]\nk = 1\nK = 2\n", 3, "duplicate key"),
-])
+@pytest.mark.parametrize(
+    ("text", "line", "what"),
+    [
+        ("[a]\naws_access_key_id = x\nthis line is nonsense\n", 3, "cannot parse"),
+        ("aws_access_key_id = x\n[a]\n", 1, "outside any [section]"),
+        ("[a]\nk = 1\n[b]\nk = 2\n[a]\n", 5, "duplicate section"),
+        ("[a]\nk = 1\nK = 2\n", 3, "duplicate key"),
+    ],
+)
 def test_malformed_file_names_file_and_line_and_nothing_is_written(
-        private_home: Path, text: str, line: int, what: str) -> None:
+    private_home: Path, text: str, line: int, what: str
+) -> None:
     path = _creds_path(private_home)
     path.write_text(text)
     os.chmod(path, 0o600)
@@ -130,8 +149,16 @@ def test_credentials_created_0600_and_config_keeps_its_mode(private_home: Path) 
     cfg.parent.mkdir()
     cfg.write_text("[default]\nregion = eu-west-1\n")
     os.chmod(cfg, 0o640)
-    iamsorry.update_profile_credentials("sue", {"AccessKeyId": "ASIAAAAAAAAAAAAAAAA1", "SecretAccessKey": "s",
-                                                "SessionToken": "t", "Expiration": "2030-01-01T00:00:00Z"}, "sue")
+    iamsorry.update_profile_credentials(
+        "sue",
+        {
+            "AccessKeyId": "ASIAAAAAAAAAAAAAAAA1",
+            "SecretAccessKey": "s",
+            "SessionToken": "t",
+            "Expiration": "2030-01-01T00:00:00Z",
+        },
+        "sue",
+    )
     with iamsorry.Store().edit() as s:
         s.config.set("profile sue", {"region": "eu-west-1"})
     creds = private_home / ".aws" / "credentials"
@@ -201,8 +228,9 @@ for i in itertools.count():
 
 def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> None:
     path = _creds_path(private_home)
-    keep = "".join(f"# c{i}\n[keep{i}]\naws_access_key_id = AKIAKEEP{i:012d}\naws_secret_access_key = k\n\n"
-                   for i in range(20))
+    keep = "".join(
+        f"# c{i}\n[keep{i}]\naws_access_key_id = AKIAKEEP{i:012d}\naws_secret_access_key = k\n\n" for i in range(20)
+    )
     path.write_text(keep)
     rng = random.Random(1234)
     for _ in range(100):
@@ -220,11 +248,19 @@ def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> No
 
 def test_lock_times_out_with_a_message_naming_the_lock(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _creds_path(private_home)
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, os, sys, time\n"
-        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(30)\n"),
-        str(private_home / ".aws" / "credentials.lock")], stdout=subprocess.PIPE)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, os, sys, time\n"
+                "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+                "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(30)\n"
+            ),
+            str(private_home / ".aws" / "credentials.lock"),
+        ],
+        stdout=subprocess.PIPE,
+    )
     assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
     try:
         proc = run_cli("--fix-profiles", env={"IAM_SORRY_LOCK_TIMEOUT": "0.5"})
@@ -242,9 +278,11 @@ def test_profiles_lists_kinds_and_expiry(private_home: Path) -> None:
         "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\naws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
         "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
         "expiration = 2020-01-01T00:00:00Z\ncredentials_owner = sue\n"
-        "[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+        "[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n"
+    )
     (private_home / ".aws" / "config").write_text(
-        "[profile sue-lambda]\nrole_arn = arn:aws:iam::123456789012:role/iam-sorry-sue-lambda\nsource_profile = sue\n")
+        "[profile sue-lambda]\nrole_arn = arn:aws:iam::123456789012:role/iam-sorry-sue-lambda\nsource_profile = sue\n"
+    )
     proc = run_cli("--profiles")
     assert proc.returncode == 0, proc.stderr
     lines = {ln.split()[0]: ln for ln in proc.stdout.splitlines()[1:]}
@@ -253,15 +291,21 @@ def test_profiles_lists_kinds_and_expiry(private_home: Path) -> None:
     assert "static" in lines["static"]
     assert "role" in lines["sue-lambda"] and " sue " in lines["sue-lambda"]
     rows = json.loads(run_cli("--profiles", "--json").stdout)
-    assert {r["profile"]: r["kind"] for r in rows} == {"sue-mgr": "manager", "sue": "session",
-                                                       "static": "static", "sue-lambda": "role"}
+    assert {r["profile"]: r["kind"] for r in rows} == {
+        "sue-mgr": "manager",
+        "sue": "session",
+        "static": "static",
+        "sue-lambda": "role",
+    }
 
 
 def test_fix_profiles_adds_regions_from_the_manager_and_reports_config_only(private_home: Path) -> None:
     path = _creds_path(private_home)
-    path.write_text("[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
-                    "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
-                    "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    path.write_text(
+        "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
+        "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
+        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n"
+    )
     cfg = private_home / ".aws" / "config"
     original = "# mine\n[profile sue-mgr]\nregion = eu-north-1\n\n[profile lonely]\noutput = json\n"
     cfg.write_text(original)
@@ -281,9 +325,11 @@ def test_fix_profiles_falls_back_to_us_east_1_with_a_warning(private_home: Path)
 
 def test_reset_needs_yes_without_terminal_and_keeps_backups(private_home: Path) -> None:
     creds = _creds_path(private_home)
-    original = ("[keep]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n\n"
-                "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
-                "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n")
+    original = (
+        "[keep]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n\n"
+        "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
+        "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
+    )
     creds.write_text(original)
     cfg = private_home / ".aws" / "config"
     cfg.write_text("[profile sue-mgr]\nregion = us-west-2\n[profile keep]\nregion = us-west-2\n")
@@ -302,14 +348,21 @@ def test_reset_needs_yes_without_terminal_and_keeps_backups(private_home: Path) 
 
 def test_eval_of_static_profile_quotes_and_unsets_token(private_home: Path) -> None:
     _creds_path(private_home).write_text(
-        "[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = it's$(x)`y`\n")
+        "[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = it's$(x)`y`\n"
+    )
     proc = run_cli("--eval", "svc", env={"SHELL": "/bin/bash"})
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == ("export AWS_ACCESS_KEY_ID='AKIAXXXXXXXXXXXXXXX1'\n"
-                           "export AWS_SECRET_ACCESS_KEY='it'\\''s$(x)`y`'\n"
-                           "unset AWS_SESSION_TOKEN\nunset AWS_CREDENTIAL_EXPIRATION\n")
-    out = subprocess.run(["sh", "-c", proc.stdout + 'printf %s "$AWS_SECRET_ACCESS_KEY"'],
-                         capture_output=True, text=True, env={"AWS_SESSION_TOKEN": "stale", "PATH": os.environ["PATH"]})
+    assert proc.stdout == (
+        "export AWS_ACCESS_KEY_ID='AKIAXXXXXXXXXXXXXXX1'\n"
+        "export AWS_SECRET_ACCESS_KEY='it'\\''s$(x)`y`'\n"
+        "unset AWS_SESSION_TOKEN\nunset AWS_CREDENTIAL_EXPIRATION\n"
+    )
+    out = subprocess.run(
+        ["sh", "-c", proc.stdout + 'printf %s "$AWS_SECRET_ACCESS_KEY"'],
+        capture_output=True,
+        text=True,
+        env={"AWS_SESSION_TOKEN": "stale", "PATH": os.environ["PATH"]},
+    )
     assert out.stdout == "it's$(x)`y`"
 
 
@@ -323,14 +376,17 @@ def test_show_decrypted_of_plain_profile_prints_the_section(private_home: Path) 
 def test_cached_eval_imports_nothing_heavy(private_home: Path) -> None:
     _creds_path(private_home).write_text(
         "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
-        "expiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n")
-    code = ("import importlib.machinery, sys, io, contextlib\n"
-            "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
-            "buf = io.StringIO()\n"
-            "with contextlib.redirect_stdout(buf):\n"
-            "    assert m.main(['--eval', 'sue']) == 0\n"
-            "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('boto3', 'botocore', 'cryptography'))\n"
-            "print(heavy)\n")
+        "expiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n"
+    )
+    code = (
+        "import importlib.machinery, sys, io, contextlib\n"
+        "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    assert m.main(['--eval', 'sue']) == 0\n"
+        "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('boto3', 'botocore', 'cryptography'))\n"
+        "print(heavy)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
@@ -343,11 +399,20 @@ def test_version_and_help(private_home: Path) -> None:
         assert group in helptext
 
 
-@pytest.mark.parametrize("text", [
-    "2026-11-24T03:14:15Z", "2026-11-24T03:14:15.250Z", "2026-11-24 03:14:15", "2026-11-24T03:14:15+00:00",
-    "2000-02-29T23:59:59Z", "1970-01-01T00:00:00Z", "2100-03-01T00:00:00z", "2026-11-24T05:14:15+02:00",
-    "2038-01-19T03:14:08.999999Z",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-11-24T03:14:15Z",
+        "2026-11-24T03:14:15.250Z",
+        "2026-11-24 03:14:15",
+        "2026-11-24T03:14:15+00:00",
+        "2000-02-29T23:59:59Z",
+        "1970-01-01T00:00:00Z",
+        "2100-03-01T00:00:00z",
+        "2026-11-24T05:14:15+02:00",
+        "2038-01-19T03:14:08.999999Z",
+    ],
+)
 def test_parse_time_agrees_with_datetime(text: str) -> None:
     from datetime import datetime, timezone
 
@@ -362,21 +427,35 @@ def test_parse_time_rejects_nonsense(text: str) -> None:
     assert iamsorry.parse_time(text) is None
 
 
-@pytest.mark.parametrize("argv", [
-    ["--eval", "sue"], ["--eval=sue", "--shell", "csh"], ["--credential-process", "sue", "--min-ttl", "30"],
-    ["-q", "--eval", "sue", "--profile", "sue-mgr", "--ssh-key", "/k", "--duration", "12"],
-    ["--eval", "sue", "--debug", "--shell=fish"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--eval", "sue"],
+        ["--eval=sue", "--shell", "csh"],
+        ["--credential-process", "sue", "--min-ttl", "30"],
+        ["-q", "--eval", "sue", "--profile", "sue-mgr", "--ssh-key", "/k", "--duration", "12"],
+        ["--eval", "sue", "--debug", "--shell=fish"],
+    ],
+)
 def test_fast_argument_path_matches_argparse(argv: list[str]) -> None:
     fast = iamsorry._fast_args(argv)
     assert fast is not None
     assert vars(fast) == vars(iamsorry.build_parser().parse_args(argv))
 
 
-@pytest.mark.parametrize("argv", [
-    ["--eval"], ["--eval", "sue", "--eval", "x"], ["--eval", "sue", "sue"], ["--eval", "sue", "--profiles"],
-    ["--shell", "zsh", "--eval", "sue"], ["sue"], ["--eval", "-x"], [],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--eval"],
+        ["--eval", "sue", "--eval", "x"],
+        ["--eval", "sue", "sue"],
+        ["--eval", "sue", "--profiles"],
+        ["--shell", "zsh", "--eval", "sue"],
+        ["sue"],
+        ["--eval", "-x"],
+        [],
+    ],
+)
 def test_fast_argument_path_leaves_the_rest_to_argparse(argv: list[str]) -> None:
     assert iamsorry._fast_args(argv) is None
 
@@ -384,13 +463,13 @@ def test_fast_argument_path_leaves_the_rest_to_argparse(argv: list[str]) -> None
 @pytest.mark.parametrize(("answer", "removed"), [("y", True), ("n", False)])
 def test_reset_asks_on_a_terminal(private_home: Path, answer: str, removed: bool) -> None:
     creds = _creds_path(private_home)
-    creds.write_text("[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
-                     "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n")
+    creds.write_text(
+        "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\naws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
+    )
     status, shown = run_in_pty(["--reset"], dict(os.environ), [answer], prompt=b"[y/N]")
     assert "Remove manager [sue-mgr]" in shown
     assert (status == 0) is removed
     assert ("sue-mgr" in creds.read_text()) is not removed
-
 
 
 def test_threads_of_one_process_do_not_lose_each_others_writes(private_home: Path) -> None:
@@ -413,8 +492,9 @@ def test_threads_of_one_process_do_not_lose_each_others_writes(private_home: Pat
     assert set(iamsorry.read_aws_credentials()) == {f"{n}{i}" for n in "abc" for i in range(30)}
 
 
-def test_write_failures_are_clean_errors(private_home: Path, monkeypatch: pytest.MonkeyPatch,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_write_failures_are_clean_errors(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = _creds_path(private_home)
     path.write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
 
