@@ -46,7 +46,7 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         if name.startswith(("AWS_", "IAM_SORRY_")) or name in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    iamsorry._SECRETS.clear()
+    iamsorry.forget_secrets()
     iamsorry.UI.once.clear()
     iamsorry.UI.stream, iamsorry.UI.quiet = None, False
     return home
@@ -187,19 +187,59 @@ def aws(moto_url: str, private_home: Path, monkeypatch: pytest.MonkeyPatch) -> F
     return FakeAws(moto_url, shim, private_home)
 
 
+def bash(script: str, env: dict[str, str] | None = None):
+    """A bash script in the test's environment (plus ``env``)."""
+    import subprocess
+
+    full = {**os.environ, **(env or {})}
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=full, timeout=120)
+
+
+def session_env(c: dict) -> dict[str, str]:
+    """The environment of STS ``Credentials``."""
+    return {
+        "AWS_ACCESS_KEY_ID": c["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": c["SecretAccessKey"],
+        "AWS_SESSION_TOKEN": c["SessionToken"],
+    }
+
+
+def creds_file(home: Path) -> Path:
+    """~/.aws/credentials of a test's HOME, its folder made."""
+    p = home / ".aws" / "credentials"
+    p.parent.mkdir(exist_ok=True)
+    return p
+
+
 def parse_handover(stdout: str) -> tuple[str, str]:
     key_id = stdout.split("aws_access_key_id = ", 1)[1].split()[0]
     secret = stdout.split("aws_secret_access_key = ", 1)[1].split()[0]
     return key_id, secret
 
 
+def hand_over(name: str = "sue-mgr", env: dict[str, str] | None = None) -> tuple[str, str]:
+    """The administrator creates manager NAME; the key id and secret it
+    hands to the user."""
+    made = run_cli("--profile", "aws-admin", "--create-iam-sorry", name, env=env)
+    assert made.returncode == 0, made.stderr
+    return parse_handover(made.stdout)
+
+
+def exported(key: tuple[str, str], region: str = REGION) -> dict[str, str]:
+    """The environment of a user who exported the key they were sent."""
+    return {"AWS_ACCESS_KEY_ID": key[0], "AWS_SECRET_ACCESS_KEY": key[1], "AWS_REGION": region}
+
+
+def expire_profile(profile: str = "sue", when: str = "2020-01-01T00:00:00Z") -> None:
+    """Make [profile] look stale to the next --eval."""
+    with iamsorry.Store().edit() as s:
+        s.creds.set(profile, {"expiration": when})
+
+
 @pytest.fixture
 def manager(aws: FakeAws, ed25519: Path) -> FakeAws:
     """The seed Quick Start up to a bootstrapped sue-mgr with [sue]."""
-    made = run_cli("--profile", "aws-admin", "--create-iam-sorry", "sue-mgr")
-    assert made.returncode == 0, made.stderr
-    key_id, secret = parse_handover(made.stdout)
-    boot = run_cli(env={"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": REGION})
+    boot = run_cli(env=exported(hand_over()))
     assert boot.returncode == 0, boot.stderr
     return aws
 

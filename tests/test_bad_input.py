@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_KEY, REGION, assert_clean_error, iamsorry, parse_handover, run_cli
+from conftest import ADMIN_KEY, REGION, assert_clean_error, expire_profile, exported, hand_over, iamsorry, run_cli
 from sshkit import Agent, make_key
 
 
@@ -46,11 +46,8 @@ def world(moto_url: str, tmp_path_factory: pytest.TempPathFactory):
     (aws_dir / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
     w = World(root, moto_url, agent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    made = run_cli("--profile", "aws-admin", "--create-iam-sorry", "sue-mgr", env={**env, **w.env})
-    key_id, secret = parse_handover(made.stdout)
-    boot = run_cli(
-        env={**env, **w.env, "AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": REGION}
-    )
+    key = hand_over(env={**env, **w.env})
+    boot = run_cli(env={**env, **w.env, **exported(key)})
     assert boot.returncode == 0, boot.stderr
     shown = run_cli("--show-decrypted", "sue-mgr", env={**env, **w.env}).stdout
     w.secrets = [line.split(" = ", 1)[1] for line in shown.splitlines() if line.startswith("aws_")]
@@ -62,14 +59,15 @@ def world(moto_url: str, tmp_path_factory: pytest.TempPathFactory):
         "source_profile = loop-b\n"
         "\n[profile loop-b]\nrole_arn = arn:aws:iam::123456789012:role/b\n"
         "source_profile = loop-a\n"
+        "\n[profile sue-odd]\nrole_arn = arn:aws:iam::123456789012:role/iam-sorry-sue-odd\n"
+        "source_profile = sue\nduration_seconds = an hour\n"
     )
     yield w
     agent.stop()
 
 
 def _expired(home: Path) -> None:
-    with iamsorry.Store().edit() as s:
-        s.creds.set("sue", {"expiration": "2020-01-01T00:00:00Z"})
+    expire_profile()
 
 
 def _corrupt_manager(home: Path) -> None:
@@ -195,6 +193,7 @@ CASES: list[tuple[str, list[str], Setup | None, dict[str, str], str]] = [
     ("conflicting actions", ["--eval", "sue", "--profiles"], None, {}, "cannot be combined"),
     ("env keys expired (bootstrap)", [], _expired_session_env, {}, "ExpiredToken"),
     ("manager key revoked", ["sue"], _revoke, {}, "administrator"),
+    ("role duration not a number", ["--eval", "sue-odd"], None, {}, "duration_seconds in [profile sue-odd]"),
 ]
 
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REGION, FakeAws, assert_clean_error, iamsorry, run_cli
+from conftest import REGION, FakeAws, assert_clean_error, creds_file, iamsorry, run_cli
 
 HOSTILE_SECRET = 'it\'s $(touch PWNED1) `touch PWNED2` "dq" !bang \\back;semi $HOME\tend'
 HOSTILE_TOKEN_LINES = ["first'line $(touch PWNED3)", "second `touch PWNED4` line!"]
@@ -136,54 +136,6 @@ def test_credential_process_errors_are_one_line_and_no_stdout(private_home: Path
     assert proc.stdout == ""
 
 
-def test_profiles_show_owner_and_time_left(manager: FakeAws) -> None:
-    assert run_cli("--role", "sue-lambda").returncode == 0
-    soon = iamsorry.format_time(iamsorry.now() + 2 * 3600 + 5 * 60 + 30)
-    with iamsorry.Store().edit() as s:
-        s.creds.set("sue", {"expiration": soon})
-        s.creds.set(
-            "old",
-            {
-                "aws_access_key_id": "ASIAOLDOLDOLDOLDOLD1",
-                "aws_secret_access_key": "x",
-                "aws_session_token": "t",
-                "expiration": iamsorry.format_time(iamsorry.now() - 7300),
-                "credentials_owner": "sue-old",
-            },
-        )
-    lines = {ln.split()[0]: ln.split() for ln in run_cli("--list").stdout.splitlines()[1:]}
-    assert lines["sue"][1:] == ["session", "sue", "2h05m"]
-    assert lines["old"][1:] == ["session", "sue-old", "EXPIRED", "2h01m", "ago"]
-    assert lines["sue-mgr"][1:3] == ["manager", "sue-mgr"]
-    assert lines["sue-lambda"][1:3] == ["role", "sue"]
-    rows = {r["profile"]: r for r in json.loads(run_cli("--profiles", "--json").stdout)}
-    assert rows["sue"]["kind"] == "session" and 2 * 3600 < rows["sue"]["seconds_left"] <= 2 * 3600 + 330
-    assert rows["old"]["seconds_left"] < 0 and rows["sue-lambda"]["role_arn"].endswith("role/iam-sorry-sue-lambda")
-
-
-def test_boto3_session_refreshes_itself_mid_use(manager: FakeAws, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Credentials that run out while a service holds the session: the next
-    call re-mints through iam-sorry and is sue's fresh identity."""
-    from datetime import datetime, timedelta, timezone
-
-    assert run_cli("sue", "--duration", "1").returncode == 0
-    session = iamsorry.create_session_with_profile("sue")
-    sts = session.client("sts")
-    assert sts.get_caller_identity()["Arn"].endswith("user/sue")
-    creds = session.get_credentials()
-    first_key = creds.get_frozen_credentials().access_key
-    # Fifty-five minutes later, for botocore and for iam-sorry alike; the old
-    # session is dead at the server.
-    skew = 55 * 60
-    monkeypatch.setattr(iamsorry, "now", lambda: __import__("time").time() + skew)
-    monkeypatch.setattr(creds, "_time_fetcher", lambda: datetime.now(timezone.utc) + timedelta(seconds=skew))
-    manager.shim.expire_sessions()
-    identity = sts.get_caller_identity()
-    assert identity["Arn"].endswith("user/sue")
-    assert creds.get_frozen_credentials().access_key != first_key
-    assert manager.profiles()["sue"]["aws_access_key_id"] == creds.get_frozen_credentials().access_key
-
-
 def test_quiet_silences_all_but_errors(manager: FakeAws) -> None:
     loud = run_cli("sue-x")
     assert "Successfully updated" in loud.stderr
@@ -225,3 +177,23 @@ def test_process_profile_quotes_a_path_with_spaces(private_home: Path, tmp_path:
     assert argv[0] == str(script) and argv[1:] == ["--credential-process", "svc"]
     doc = json.loads(subprocess.run(argv, capture_output=True, text=True).stdout)
     assert doc["AccessKeyId"] == "AKIASVCSVCSVCSVCSVC1"
+
+
+def test_eval_of_static_profile_quotes_and_unsets_token(private_home: Path) -> None:
+    creds_file(private_home).write_text(
+        "[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = it's$(x)`y`\n"
+    )
+    proc = run_cli("--eval", "svc", env={"SHELL": "/bin/bash"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == (
+        "export AWS_ACCESS_KEY_ID='AKIAXXXXXXXXXXXXXXX1'\n"
+        "export AWS_SECRET_ACCESS_KEY='it'\\''s$(x)`y`'\n"
+        "unset AWS_SESSION_TOKEN\nunset AWS_CREDENTIAL_EXPIRATION\n"
+    )
+    out = subprocess.run(
+        ["sh", "-c", proc.stdout + 'printf %s "$AWS_SECRET_ACCESS_KEY"'],
+        capture_output=True,
+        text=True,
+        env={"AWS_SESSION_TOKEN": "stale", "PATH": os.environ["PATH"]},
+    )
+    assert out.stdout == "it's$(x)`y`"

@@ -13,14 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, FakeAws, iamsorry, run_cli
+from conftest import SCRIPT, FakeAws, expire_profile, iamsorry, run_cli
 
 COMMENTS = "# hand-written: keep me\n; and me\n"
-
-
-def _expire(profile: str = "sue") -> None:
-    with iamsorry.Store().edit() as s:
-        s.creds.set(profile, {"expiration": "2020-01-01T00:00:00Z"})
 
 
 def _decorate(home: Path) -> tuple[set[str], str]:
@@ -50,7 +45,7 @@ def _spawn(*args: str) -> subprocess.Popen[str]:
 
 def test_forty_parallel_evals_mint_once(manager: FakeAws) -> None:
     names, sealed = _decorate(manager.home)
-    _expire()
+    expire_profile()
     manager.shim.reset_calls()
     procs = [_spawn("--eval", "sue") for _ in range(40)]
     results = [(p.wait(timeout=240), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
@@ -67,7 +62,7 @@ def test_forty_parallel_evals_mint_once(manager: FakeAws) -> None:
 
 
 def test_waiting_is_bounded_and_names_the_lock(manager: FakeAws) -> None:
-    _expire()
+    expire_profile()
     manager.shim.settle()
     manager.shim.propagation_delay = 30  # the first refresher holds the lock while it waits
     manager.shim.reset_calls()
@@ -98,7 +93,7 @@ def test_two_hundred_refreshers_killed_at_random_moments(manager: FakeAws) -> No
     rng = random.Random(20261124)
     killed = 0
     for _ in range(50):
-        _expire()
+        expire_profile()
         procs = [_spawn("--eval", "sue") for _ in range(4)]
         for proc in procs:
             time.sleep(rng.uniform(0, 0.4))
@@ -119,7 +114,7 @@ def test_two_hundred_refreshers_killed_at_random_moments(manager: FakeAws) -> No
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_mint_deletes_its_temporary_key(manager: FakeAws, sig: int) -> None:
-    _expire()
+    expire_profile()
     manager.shim.settle()
     manager.shim.propagation_delay = 60  # park the process inside the mint, key created
     manager.shim.reset_calls()
@@ -142,7 +137,7 @@ def test_a_job_without_an_agent_reuses_a_refresh_in_progress(manager: FakeAws, t
     """Compute nodes often have no agent: a job that finds [sue] stale while
     another process refreshes it waits on the lock and takes the result,
     instead of failing for want of the manager key."""
-    _expire()
+    expire_profile()
     lock = manager.home / ".aws" / "credentials.lock"
     holder = subprocess.Popen(
         [

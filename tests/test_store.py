@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, assert_clean_error, iamsorry, run_cli, run_in_pty
+from conftest import SCRIPT, FakeAws, assert_clean_error, creds_file, iamsorry, run_cli
 
 NASTY = (
     "# my credentials, hand-edited\r\n"
@@ -40,14 +39,8 @@ NASTY = (
 )
 
 
-def _creds_path(home: Path) -> Path:
-    p = home / ".aws" / "credentials"
-    p.parent.mkdir(exist_ok=True)
-    return p
-
-
 def test_parse_tolerates_crlf_comments_continuations_and_case(private_home: Path) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     path.write_bytes(NASTY.encode())
     profiles = iamsorry.read_aws_credentials(str(path))
     assert list(profiles) == ["default", "sue", "other"]
@@ -59,7 +52,7 @@ def test_parse_tolerates_crlf_comments_continuations_and_case(private_home: Path
 
 
 def test_editing_one_section_leaves_every_other_byte(private_home: Path) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     path.write_bytes(NASTY.encode())
     store = iamsorry.Store()
     with store.edit() as s:
@@ -85,7 +78,7 @@ def test_editing_one_section_leaves_every_other_byte(private_home: Path) -> None
 
 
 def test_new_section_is_appended_and_removal_takes_exactly_its_lines(private_home: Path) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     path.write_bytes(NASTY.encode())
     with iamsorry.Store().edit() as s:
         s.creds.set("new", {"aws_access_key_id": "AKIANEWNEWNEWNEWNEW1", "aws_secret_access_key": "x"})
@@ -110,7 +103,7 @@ def test_new_section_is_appended_and_removal_takes_exactly_its_lines(private_hom
 
 
 def test_unchanged_store_is_not_rewritten(private_home: Path) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     path.write_bytes(NASTY.encode())
     os.chmod(path, 0o600)
     inode = path.stat().st_ino
@@ -131,7 +124,7 @@ def test_unchanged_store_is_not_rewritten(private_home: Path) -> None:
 def test_malformed_file_names_file_and_line_and_nothing_is_written(
     private_home: Path, text: str, line: int, what: str
 ) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     path.write_text(text)
     os.chmod(path, 0o600)
     with pytest.raises(iamsorry.StoreError) as err:
@@ -168,7 +161,7 @@ def test_credentials_created_0600_and_config_keeps_its_mode(private_home: Path) 
 
 
 def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     path.write_text("[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
     os.chmod(path, 0o644)
     proc = run_cli("--fix-profiles")
@@ -180,7 +173,7 @@ def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path)
 def test_symlinked_credentials_file_keeps_its_link(private_home: Path, tmp_path: Path) -> None:
     real = tmp_path / "dotfiles-credentials"
     real.write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
-    link = _creds_path(private_home)
+    link = creds_file(private_home)
     link.symlink_to(real)
     with iamsorry.Store().edit() as s:
         s.creds.set("b", {"aws_access_key_id": "AKIAYYYYYYYYYYYYYYY1", "aws_secret_access_key": "t"})
@@ -206,7 +199,7 @@ m.update_profile_credentials(name, {'AccessKeyId': 'ASIA' + name.upper().ljust(1
 
 
 def test_fifty_parallel_writers_lose_nothing(private_home: Path) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     path.write_text("# keep\n[base]\naws_access_key_id = AKIABASEBASEBASEBAS1\naws_secret_access_key = b\n")
     procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(SCRIPT), f"p{i}"]) for i in range(50)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
@@ -227,7 +220,7 @@ for i in itertools.count():
 
 
 def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     keep = "".join(
         f"# c{i}\n[keep{i}]\naws_access_key_id = AKIAKEEP{i:012d}\naws_secret_access_key = k\n\n" for i in range(20)
     )
@@ -247,7 +240,7 @@ def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> No
 
 
 def test_lock_times_out_with_a_message_naming_the_lock(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    _creds_path(private_home)
+    creds_file(private_home)
     holder = subprocess.Popen(
         [
             sys.executable,
@@ -272,212 +265,12 @@ def test_lock_times_out_with_a_message_naming_the_lock(private_home: Path, monke
     assert run_cli("--fix-profiles", env={"IAM_SORRY_LOCK_TIMEOUT": "5"}).returncode == 0
 
 
-def test_profiles_lists_kinds_and_expiry(private_home: Path) -> None:
-    path = _creds_path(private_home)
-    path.write_text(
-        "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\naws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
-        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
-        "expiration = 2020-01-01T00:00:00Z\ncredentials_owner = sue\n"
-        "[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n"
-    )
-    (private_home / ".aws" / "config").write_text(
-        "[profile sue-lambda]\nrole_arn = arn:aws:iam::123456789012:role/iam-sorry-sue-lambda\nsource_profile = sue\n"
-    )
-    proc = run_cli("--profiles")
-    assert proc.returncode == 0, proc.stderr
-    lines = {ln.split()[0]: ln for ln in proc.stdout.splitlines()[1:]}
-    assert "manager" in lines["sue-mgr"] and "SHA256:abc" in lines["sue-mgr"]
-    assert "session" in lines["sue"] and "EXPIRED" in lines["sue"]
-    assert "static" in lines["static"]
-    assert "role" in lines["sue-lambda"] and " sue " in lines["sue-lambda"]
-    rows = json.loads(run_cli("--profiles", "--json").stdout)
-    assert {r["profile"]: r["kind"] for r in rows} == {
-        "sue-mgr": "manager",
-        "sue": "session",
-        "static": "static",
-        "sue-lambda": "role",
-    }
-
-
-def test_fix_profiles_adds_regions_from_the_manager_and_reports_config_only(private_home: Path) -> None:
-    path = _creds_path(private_home)
-    path.write_text(
-        "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
-        "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
-        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n"
-    )
-    cfg = private_home / ".aws" / "config"
-    original = "# mine\n[profile sue-mgr]\nregion = eu-north-1\n\n[profile lonely]\noutput = json\n"
-    cfg.write_text(original)
-    proc = run_cli("--fix-profiles")
-    assert proc.returncode == 0, proc.stderr
-    assert cfg.read_text() == original + "\n[profile sue]\nregion = eu-north-1\n"
-    assert "lonely" in proc.stderr
-    assert path.read_text().startswith("[sue-mgr]")
-
-
-def test_fix_profiles_falls_back_to_us_east_1_with_a_warning(private_home: Path) -> None:
-    _creds_path(private_home).write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
-    proc = run_cli("--fix-profiles")
-    assert proc.returncode == 0 and "us-east-1" in proc.stderr and "warning" in proc.stderr
-    assert "[profile a]\nregion = us-east-1\n" in (private_home / ".aws" / "config").read_text()
-
-
-def test_reset_needs_yes_without_terminal_and_keeps_backups(private_home: Path) -> None:
-    creds = _creds_path(private_home)
-    original = (
-        "[keep]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n\n"
-        "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\n"
-        "aws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
-    )
-    creds.write_text(original)
-    cfg = private_home / ".aws" / "config"
-    cfg.write_text("[profile sue-mgr]\nregion = us-west-2\n[profile keep]\nregion = us-west-2\n")
-    proc = run_cli("--reset")
-    assert_clean_error(proc, "--yes")
-    assert creds.read_text() == original
-    proc = run_cli("--reset", "--yes")
-    assert proc.returncode == 0, proc.stderr
-    assert creds.read_text() == "[keep]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n\n"
-    assert cfg.read_text() == "[profile keep]\nregion = us-west-2\n"
-    backups = sorted(p.name for p in creds.parent.iterdir() if ".bak-" in p.name)
-    assert len(backups) == 2
-    assert all(stat.S_IMODE((creds.parent / b).stat().st_mode) == 0o600 for b in backups)
-    assert (creds.parent / backups[1]).read_text() == original
-
-
-def test_eval_of_static_profile_quotes_and_unsets_token(private_home: Path) -> None:
-    _creds_path(private_home).write_text(
-        "[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = it's$(x)`y`\n"
-    )
-    proc = run_cli("--eval", "svc", env={"SHELL": "/bin/bash"})
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == (
-        "export AWS_ACCESS_KEY_ID='AKIAXXXXXXXXXXXXXXX1'\n"
-        "export AWS_SECRET_ACCESS_KEY='it'\\''s$(x)`y`'\n"
-        "unset AWS_SESSION_TOKEN\nunset AWS_CREDENTIAL_EXPIRATION\n"
-    )
-    out = subprocess.run(
-        ["sh", "-c", proc.stdout + 'printf %s "$AWS_SECRET_ACCESS_KEY"'],
-        capture_output=True,
-        text=True,
-        env={"AWS_SESSION_TOKEN": "stale", "PATH": os.environ["PATH"]},
-    )
-    assert out.stdout == "it's$(x)`y`"
-
-
-def test_show_decrypted_of_plain_profile_prints_the_section(private_home: Path) -> None:
-    _creds_path(private_home).write_text("[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
-    proc = run_cli("--show-decrypted", "svc")
-    assert proc.returncode == 0
-    assert proc.stdout == "[svc]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n"
-
-
-def test_cached_eval_imports_nothing_heavy(private_home: Path) -> None:
-    _creds_path(private_home).write_text(
-        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
-        "expiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n"
-    )
-    code = (
-        "import importlib.machinery, sys, io, contextlib\n"
-        "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
-        "buf = io.StringIO()\n"
-        "with contextlib.redirect_stdout(buf):\n"
-        "    assert m.main(['--eval', 'sue']) == 0\n"
-        "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('boto3', 'botocore', 'cryptography'))\n"
-        "print(heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
-
-
-def test_version_and_help(private_home: Path) -> None:
-    assert run_cli("--version").stdout.strip() == f"iam-sorry {iamsorry.__version__}"
-    helptext = run_cli("--help").stdout
-    for group in ("for users", "for managers", "for administrators", "output", "examples:"):
-        assert group in helptext
-
-
-@pytest.mark.parametrize(
-    "text",
-    [
-        "2026-11-24T03:14:15Z",
-        "2026-11-24T03:14:15.250Z",
-        "2026-11-24 03:14:15",
-        "2026-11-24T03:14:15+00:00",
-        "2000-02-29T23:59:59Z",
-        "1970-01-01T00:00:00Z",
-        "2100-03-01T00:00:00z",
-        "2026-11-24T05:14:15+02:00",
-        "2038-01-19T03:14:08.999999Z",
-    ],
-)
-def test_parse_time_agrees_with_datetime(text: str) -> None:
-    from datetime import datetime, timezone
-
-    when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    assert iamsorry.parse_time(text) == pytest.approx(when.timestamp(), abs=1e-6)
-
-
-@pytest.mark.parametrize("text", ["", "soon", "2026-13-01T00:00:00Z", "2026-11-24T03:14:99Z x"])
-def test_parse_time_rejects_nonsense(text: str) -> None:
-    assert iamsorry.parse_time(text) is None
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--eval", "sue"],
-        ["--eval=sue", "--shell", "csh"],
-        ["--credential-process", "sue", "--min-ttl", "30"],
-        ["-q", "--eval", "sue", "--profile", "sue-mgr", "--ssh-key", "/k", "--duration", "12"],
-        ["--eval", "sue", "--debug", "--shell=fish"],
-    ],
-)
-def test_fast_argument_path_matches_argparse(argv: list[str]) -> None:
-    fast = iamsorry._fast_args(argv)
-    assert fast is not None
-    assert vars(fast) == vars(iamsorry.build_parser().parse_args(argv))
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--eval"],
-        ["--eval", "sue", "--eval", "x"],
-        ["--eval", "sue", "sue"],
-        ["--eval", "sue", "--profiles"],
-        ["--shell", "zsh", "--eval", "sue"],
-        ["sue"],
-        ["--eval", "-x"],
-        [],
-    ],
-)
-def test_fast_argument_path_leaves_the_rest_to_argparse(argv: list[str]) -> None:
-    assert iamsorry._fast_args(argv) is None
-
-
-@pytest.mark.parametrize(("answer", "removed"), [("y", True), ("n", False)])
-def test_reset_asks_on_a_terminal(private_home: Path, answer: str, removed: bool) -> None:
-    creds = _creds_path(private_home)
-    creds.write_text(
-        "[sue-mgr]\naws_access_key_id = __encrypted__:v2:abc:AAAA\naws_secret_access_key = __encrypted__:v2:abc:AAAA\n"
-    )
-    status, shown = run_in_pty(["--reset"], dict(os.environ), [answer], prompt=b"[y/N]")
-    assert "Remove manager [sue-mgr]" in shown
-    assert (status == 0) is removed
-    assert ("sue-mgr" in creds.read_text()) is not removed
-
-
 def test_threads_of_one_process_do_not_lose_each_others_writes(private_home: Path) -> None:
     """The lock is re-entrant per thread, not per process: a long-running
     service refreshing two sessions at once must not lose one."""
     import threading
 
-    _creds_path(private_home)
+    creds_file(private_home)
 
     def writer(name: str) -> None:
         for i in range(30):
@@ -495,7 +288,7 @@ def test_threads_of_one_process_do_not_lose_each_others_writes(private_home: Pat
 def test_write_failures_are_clean_errors(
     private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = _creds_path(private_home)
+    path = creds_file(private_home)
     path.write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
 
     def quota(*args: object) -> None:
@@ -511,3 +304,41 @@ def test_write_failures_are_clean_errors(
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     monkeypatch.undo()
     assert_clean_error(run_cli("--fix-profiles", env={"IAM_SORRY_LOCK_TIMEOUT": "soon"}), "IAM_SORRY_LOCK_TIMEOUT")
+
+
+def test_aws_profile_naming_a_session_profile_is_not_taken_for_the_manager(manager: FakeAws) -> None:
+    proc = run_cli("sue-data", env={"AWS_PROFILE": "sue"})
+    assert proc.returncode == 0, proc.stderr
+    assert manager.whoami(manager.profiles()["sue-data"]).endswith("user/sue-data")
+
+
+def test_several_managers_must_be_chosen(manager: FakeAws) -> None:
+    text = (manager.home / ".aws" / "credentials").read_text()
+    sealed = iamsorry.read_aws_credentials()["sue-mgr"]
+    text += (
+        f"\n[other-mgr]\naws_access_key_id = {sealed['aws_access_key_id']}\n"
+        f"aws_secret_access_key = {sealed['aws_secret_access_key']}\n"
+    )
+    (manager.home / ".aws" / "credentials").write_text(text)
+    assert_clean_error(run_cli("sue-x"), "several manager profiles", "sue-mgr", "other-mgr")
+    assert run_cli("sue-x", "--profile", "sue-mgr").returncode == 0
+    assert run_cli("sue-y", env={"AWS_PROFILE": "sue-mgr"}).returncode == 0
+
+
+def test_profile_is_a_case_insensitive_mapping_on_every_path(private_home: Path) -> None:
+    import collections.abc
+
+    creds_file(private_home).write_text("[p]\nAWS_Access_Key_ID = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    profile = iamsorry.read_aws_credentials()["p"]
+    assert isinstance(profile, collections.abc.Mapping)
+    assert profile["aws_access_key_id"] == profile["AWS_ACCESS_KEY_ID"] == "AKIAXXXXXXXXXXXXXXX1"
+    assert profile.get("Aws_Access_Key_Id") == "AKIAXXXXXXXXXXXXXXX1"
+    assert profile.get("AWS_SESSION_TOKEN", "none") == "none"
+    assert "AWS_SECRET_ACCESS_KEY" in profile and 3 not in profile
+    assert dict(profile.items()) == {"aws_access_key_id": "AKIAXXXXXXXXXXXXXXX1", "aws_secret_access_key": "s"}
+    assert list(profile.keys()) == list(profile) == ["aws_access_key_id", "aws_secret_access_key"]
+    assert profile == {"aws_access_key_id": "AKIAXXXXXXXXXXXXXXX1", "aws_secret_access_key": "s"}
+    assert not hasattr(profile, "setdefault") and not hasattr(profile, "__setitem__")
+    with pytest.raises(KeyError):
+        profile[1]  # type: ignore[index]
+    assert "AKIA" not in repr(profile)

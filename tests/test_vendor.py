@@ -269,7 +269,6 @@ def test_vendor_for_another_target_is_ignored(empty_python: Path, vendor_dir: Pa
     assert_missing_dependency(run(empty_python, script, "--print-policy", "sue", env=env), empty_python)
 
 
-
 def test_shiv_extractions_others_could_write_are_never_imported(tmp_path: Path, monkeypatch) -> None:
     """A neighbour on a shared /tmp can pre-create SHIV_ROOT or an extraction
     in it; code found there by searching must be ours alone."""

@@ -1,0 +1,190 @@
+"""IAM/STS flows end to end: the CLI as a subprocess against a local moto
+server made strict by the identity shim, with a real ssh-agent."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from conftest import REGION, FakeAws, assert_clean_error, exported, hand_over, iamsorry, run_cli, session_env
+
+
+def test_two_key_limit_stops_bootstrap_before_anything_changes(aws: FakeAws, ed25519: Path) -> None:
+    key = hand_over()
+    aws.client("iam").create_access_key(UserName="sue-mgr")
+    before = aws.key_status("sue-mgr")
+    proc = run_cli(env=exported(key))
+    assert_clean_error(proc, "already has 2 access keys", "never deletes a key it did not create")
+    assert aws.key_status("sue-mgr") == before
+    assert "sue-mgr" not in aws.profiles()
+
+
+def test_bootstrap_with_temporary_keys_deactivates_nothing(aws: FakeAws, ed25519: Path) -> None:
+    key_id, secret = hand_over()
+    session = aws.client("sts", key_id, secret).get_session_token(DurationSeconds=3600)["Credentials"]
+    proc = run_cli(env={**session_env(session), "AWS_REGION": REGION})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(aws.key_status("sue-mgr").values()) == ["Active", "Active"]
+    assert aws.whoami(aws.profiles()["sue"]).endswith("user/sue")
+
+
+def test_bootstrap_refuses_roles_and_bad_environment_keys(aws: FakeAws, ed25519: Path) -> None:
+    iam = aws.client("iam")
+    iam.create_role(RoleName="r", AssumeRolePolicyDocument=json.dumps(iamsorry.role_trust_policy("*")))
+    role = aws.client("sts").assume_role(RoleArn="arn:aws:iam::123456789012:role/r", RoleSessionName="bootstrap-test")
+    proc = run_cli(env=session_env(role["Credentials"]))
+    assert_clean_error(proc, "not to an IAM user")
+    key_id, secret = hand_over()
+    session = aws.client("sts", key_id, secret).get_session_token(DurationSeconds=900)["Credentials"]
+    aws.shim.expire_sessions()
+    proc = run_cli(env=session_env(session))
+    assert_clean_error(proc, "ExpiredToken")
+    assert list(aws.key_status("sue-mgr").values()) == ["Active"]
+
+
+def _works(aws: FakeAws, key_id: str, secret: str) -> bool:
+    try:
+        aws.client("sts", key_id, secret).get_caller_identity()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _assert_a_working_key(aws: FakeAws, exported: tuple[str, str]) -> None:
+    stored = aws.profiles().get("sue-mgr")
+    if stored is not None:
+        values = iamsorry.read_aws_credentials(auto_decrypt=True)["sue-mgr"]
+        assert _works(aws, values["aws_access_key_id"], values["aws_secret_access_key"])
+    else:
+        assert _works(aws, *exported)
+        assert aws.key_status("sue-mgr") == {exported[0]: "Active"}  # the new key was cleaned up
+
+
+@pytest.mark.parametrize(
+    ("action", "code", "status"),
+    [
+        ("GetCallerIdentity", "AccessDenied", 403),
+        ("ListAccessKeys", "AccessDenied", 403),
+        ("CreateAccessKey", "LimitExceeded", 409),
+        ("UpdateAccessKey", "AccessDenied", 403),
+        ("CreateUser", "AccessDenied", 403),
+        ("GetSessionToken", "AccessDenied", 403),
+    ],
+)
+def test_bootstrap_fault_at_each_aws_step_leaves_a_working_key(
+    aws: FakeAws, ed25519: Path, action: str, code: str, status: int
+) -> None:
+    exported = hand_over()
+    aws.shim.fail(action, code=code, times=1, status=status)  # none of these codes is retried
+    proc = run_cli(env={"AWS_ACCESS_KEY_ID": exported[0], "AWS_SECRET_ACCESS_KEY": exported[1], "AWS_REGION": REGION})
+    assert "Traceback" not in proc.stderr
+    _assert_a_working_key(aws, exported)
+    if action == "UpdateAccessKey":  # the new key is stored and works; we only warn
+        assert proc.returncode == 0 and "ask your administrator to deactivate" in proc.stderr
+        assert sorted(aws.key_status("sue-mgr").values()) == ["Active", "Active"]
+    else:
+        assert_clean_error(proc, code)
+
+
+def test_bootstrap_propagation_timeout_leaves_the_exported_key(aws: FakeAws, ed25519: Path) -> None:
+    exported = hand_over()
+    aws.shim.settle()
+    aws.shim.propagation_delay = 60
+    proc = run_cli(
+        env={
+            "AWS_ACCESS_KEY_ID": exported[0],
+            "AWS_SECRET_ACCESS_KEY": exported[1],
+            "AWS_REGION": REGION,
+            "IAM_SORRY_PROPAGATION_TIMEOUT": "2",
+        }
+    )
+    assert_clean_error(proc, "still not accepted")
+    aws.shim.propagation_delay = 0
+    _assert_a_working_key(aws, exported)
+
+
+def _bootstrap_with_fault(
+    aws: FakeAws,
+    monkeypatch: pytest.MonkeyPatch,
+    target: object,
+    attr: str,
+    fake: object,
+    error: type[BaseException],
+    match: str,
+) -> tuple[str, str]:
+    """Bootstrap in-process with one local fault; the files must read back
+    exactly as before and a working key must remain."""
+    exported = hand_over()
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", exported[0]),
+        ("AWS_SECRET_ACCESS_KEY", exported[1]),
+        ("AWS_REGION", REGION),
+    ):
+        monkeypatch.setenv(name, value)
+    path = aws.home / ".aws" / "credentials"
+    before = path.read_text()
+    with monkeypatch.context() as local:  # only the fault is undone, not HOME or the endpoint
+        local.setattr(target, attr, fake)
+        with pytest.raises(error, match=match):
+            iamsorry.bootstrap(iamsorry.Store(), iamsorry.Creds(*exported), None, 36)
+    assert path.read_text() == before
+    assert "sue-mgr" not in aws.profiles()
+    _assert_a_working_key(aws, exported)
+    return exported
+
+
+def test_bootstrap_store_failure_leaves_the_exported_key(
+    aws: FakeAws, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(*args: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    _bootstrap_with_fault(aws, monkeypatch, os, "replace", disk_full, iamsorry.StoreError, "No space left")
+
+
+def test_bootstrap_verify_failure_restores_the_file(
+    aws: FakeAws, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read-back check is the last line of defence; simulate a file that
+    does not read back as written."""
+    _bootstrap_with_fault(
+        aws,
+        monkeypatch,
+        iamsorry,
+        "open_sealed",
+        lambda value, field, secret: "garbage",
+        iamsorry.CryptoError,
+        "does not match",
+    )
+
+
+def test_bootstrap_config_write_failure_leaves_no_dead_key(
+    aws: FakeAws, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The config file is written first; if that fails, the sealed key must
+    not stay on file while its AWS key is deleted."""
+    real_replace = os.replace
+
+    def config_fails(src: str, dst: str) -> None:
+        if str(dst).endswith("config"):
+            raise OSError(122, "Disk quota exceeded")
+        real_replace(src, dst)
+
+    _bootstrap_with_fault(aws, monkeypatch, os, "replace", config_fails, iamsorry.StoreError, "quota")
+
+
+def test_bootstrap_base_user_failure_keeps_the_manager(aws: FakeAws, ed25519: Path) -> None:
+    exported = hand_over()
+    aws.shim.fail("CreateUser", code="AccessDenied", times=1, status=403)
+    proc = run_cli(env={"AWS_ACCESS_KEY_ID": exported[0], "AWS_SECRET_ACCESS_KEY": exported[1], "AWS_REGION": REGION})
+    assert_clean_error(proc, "AccessDenied")
+    _assert_a_working_key(aws, exported)
+    assert aws.key_status("sue-mgr")[exported[0]] == "Inactive"
+    assert run_cli("sue").returncode == 0  # rerunning the daily command finishes the job
+
+
+def test_bare_run_with_a_manager_explains_itself(manager: FakeAws) -> None:
+    proc = run_cli()
+    assert proc.returncode == 0 and "manager [sue-mgr] is set up" in proc.stderr

@@ -1,0 +1,114 @@
+"""The command line: the option table, the fast argv path, help and version, what a cached --eval imports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SCRIPT, creds_file, iamsorry, run_cli
+
+
+def test_cached_eval_imports_nothing_heavy(private_home: Path) -> None:
+    creds_file(private_home).write_text(
+        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
+        "expiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n"
+    )
+    code = (
+        "import importlib.machinery, sys, io, contextlib\n"
+        "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    assert m.main(['--eval', 'sue']) == 0\n"
+        "heavy = sorted(n for n in sys.modules if n.split('.')[0] in ('boto3', 'botocore', 'cryptography'))\n"
+        "print(heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_version_and_help(private_home: Path) -> None:
+    assert run_cli("--version").stdout.strip() == f"iam-sorry {iamsorry.__version__}"
+    helptext = run_cli("--help").stdout
+    for group in ("for users", "for managers", "for administrators", "output", "examples:"):
+        assert group in helptext
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--eval", "sue"],
+        ["--eval=sue", "--shell", "csh"],
+        ["--credential-process", "sue", "--min-ttl", "30"],
+        ["-q", "--eval", "sue", "--profile", "sue-mgr", "--ssh-key", "/k", "--duration", "12"],
+        ["--eval", "sue", "--debug", "--shell=fish"],
+    ],
+)
+def test_fast_argument_path_matches_argparse(argv: list[str]) -> None:
+    fast = iamsorry._fast_args(argv)
+    assert fast is not None
+    assert fast.as_dict() == iamsorry.build_parser().parse_args(argv, namespace=iamsorry.Args()).as_dict()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--eval"],
+        ["--eval", "sue", "--eval", "x"],
+        ["--eval", "sue", "sue"],
+        ["--eval", "sue", "--profiles"],
+        ["--shell", "zsh", "--eval", "sue"],
+        ["sue"],
+        ["--eval", "-x"],
+        [],
+    ],
+)
+def test_fast_argument_path_leaves_the_rest_to_argparse(argv: list[str]) -> None:
+    assert iamsorry._fast_args(argv) is None
+
+
+def test_every_option_is_declared_once_and_the_fast_path_takes_only_fast_ones() -> None:
+    options = iamsorry._options()
+    flags = [flag for opt in options for flag in opt.flags]
+    assert len(flags) == len(set(flags))
+    assert len({opt.name for opt in options}) == len(options)
+    fast = sorted(flag for opt in options if "fast" in opt.traits for flag in opt.flags)
+    assert fast == sorted(
+        ["--eval", "--credential-process", "--shell", "--min-ttl", "--profile", "--ssh-key", "--duration"]
+        + ["--quiet", "-q", "--debug", "--json"]
+    )
+    for opt in options:  # what is not fast goes to argparse, whole
+        if "fast" not in opt.traits and opt.flags and not isinstance(opt, iamsorry._Version):
+            argv = [opt.flags[0]] if isinstance(opt, iamsorry._Switch) else [opt.flags[0], "x"]
+            assert iamsorry._fast_args(["--eval", "sue", *argv]) is None
+
+
+def test_parse_args_returns_typed_args_from_either_path() -> None:
+    for argv in (["--eval", "sue"], ["sue", "--duration", "2"], ["--print-policy"]):
+        args = iamsorry.parse_args(argv)
+        assert isinstance(args, iamsorry.Args)
+    args = iamsorry.parse_args(["sue", "--duration", "2"])
+    assert (args.action, args.name, args.hours, args.min_ttl_minutes) == ("mint", "sue", 2, 15)
+    assert iamsorry.parse_args(["--print-policy"]).print_policy == ""
+    assert iamsorry.parse_args(["--eval", "sue", "-q"]).quiet is True
+    with pytest.raises(AttributeError):
+        iamsorry.Args().colour = "red"  # type: ignore[attr-defined]
+    assert set(iamsorry._HANDLERS) >= {o.name for o in iamsorry._options() if "action" in o.traits}
+
+
+def test_main_restores_what_it_changes(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host program that calls main() gets its silent library back: our
+    message stream, quietness and stderr's error handling as they were."""
+    import io
+
+    raw = io.BytesIO()
+    stderr = io.TextIOWrapper(raw, encoding="ascii", errors="strict")
+    monkeypatch.setattr(sys, "stderr", stderr)
+    iamsorry.UI.stream, iamsorry.UI.quiet = None, False
+    assert iamsorry.main(["--quiet", "--fix-profiles"]) == 0
+    assert iamsorry.main(["--fix-profiles"]) == 0  # ✓ goes out as "?", not a crash
+    assert (iamsorry.UI.stream, iamsorry.UI.quiet, stderr.errors) == (None, False, "strict")
+    stderr.flush()
+    assert b"?" in raw.getvalue()

@@ -1,0 +1,115 @@
+"""IAM/STS flows end to end: the CLI as a subprocess against a local moto
+server made strict by the identity shim, with a real ssh-agent."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import ADMIN_KEY, REGION, FakeAws, assert_clean_error, expire_profile, iamsorry, run_cli
+
+
+def test_every_minted_profile_belongs_to_its_user(manager: FakeAws) -> None:
+    for name, hours in (("sue-analytics", "12"), ("sue-bedrock", "1"), ("sue", "36")):
+        proc = run_cli(name, "--duration", hours)
+        assert proc.returncode == 0, proc.stderr
+        profile = manager.profiles()[name]
+        assert manager.whoami(profile) == f"arn:aws:iam::123456789012:user/{name}"
+        assert profile["credentials_owner"] == name
+        left = iamsorry.parse_time(profile["expiration"]) - iamsorry.now()
+        assert int(hours) * 3600 - 120 < left <= int(hours) * 3600
+        assert manager.key_status(name) == {}
+    # "sue-analytics" became a user, not a role
+    assert manager.client("iam").list_roles()["Roles"] == []
+
+
+def test_mint_waits_for_key_propagation(manager: FakeAws) -> None:
+    manager.shim.settle()
+    manager.shim.propagation_delay = 2.0
+    proc = run_cli("sue-slow")
+    assert proc.returncode == 0, proc.stderr
+    assert manager.whoami(manager.profiles()["sue-slow"]).endswith("user/sue-slow")
+    assert manager.shim.calls["GetSessionToken"] >= 2  # rejected while propagating, then accepted
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("bob", "outside your namespace"),
+        ("suex", "outside your namespace"),
+        ("sue-mgr", "the manager itself"),
+        ("SUE-MGR", "the manager itself"),
+        ("sue-MGR", "the manager itself"),  # IAM names are unique regardless of case
+        ("sue;rm -rf ~", "invalid IAM user name"),
+    ],
+)
+def test_namespace_refusals_create_nothing(manager: FakeAws, name: str, needle: str) -> None:
+    before = {u["UserName"] for u in manager.client("iam").list_users()["Users"]}
+    manager.shim.reset_calls()
+    proc = run_cli(name)
+    assert_clean_error(proc, needle)
+    assert dict(manager.shim.calls) == {}  # refused locally, before any AWS call
+    assert {u["UserName"] for u in manager.client("iam").list_users()["Users"]} == before
+
+
+def test_eval_refreshes_expired_and_nearly_expired_credentials(manager: FakeAws) -> None:
+    old = manager.profiles()["sue"]["aws_access_key_id"]
+    manager.shim.reset_calls()
+    cached = run_cli("--eval", "sue")
+    assert cached.returncode == 0 and old in cached.stdout
+    assert sum(manager.shim.calls.values()) == 0  # valid credentials: no AWS call at all
+    expire_profile("sue")
+    proc = run_cli("--eval", "sue")
+    assert proc.returncode == 0, proc.stderr
+    calls = dict(manager.shim.calls)
+    assert calls == {"GetUser": 1, "CreateAccessKey": 1, "GetSessionToken": 1, "DeleteAccessKey": 1}
+    fresh = manager.profiles()["sue"]
+    assert fresh["aws_access_key_id"] != old and fresh["aws_access_key_id"] in proc.stdout
+    assert manager.whoami(fresh).endswith("user/sue")
+    soon = iamsorry.format_time(iamsorry.now() + 600)
+    expire_profile("sue", soon)
+    assert fresh["aws_access_key_id"] not in run_cli("--eval", "sue").stdout  # inside the 15-minute window
+
+
+def test_min_ttl_zero_keeps_credentials_until_expiry(manager: FakeAws) -> None:
+    soon = iamsorry.format_time(iamsorry.now() + 600)
+    expire_profile("sue", soon)
+    key = manager.profiles()["sue"]["aws_access_key_id"]
+    assert key in run_cli("--eval", "sue", "--min-ttl", "5").stdout
+    assert key not in run_cli("--eval", "sue").stdout
+
+
+def test_namespace_users_are_tagged_ours_so_no_other_manager_can_claim_them(manager: FakeAws) -> None:
+    iam = manager.client("iam")
+    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="sue")["Tags"]}
+    assert tags == {"owner": "sue", "delegated-by": "sue-mgr"}
+    iam.create_user(UserName="sue-legacy")  # made by the administrator, untagged
+    assert run_cli("sue-legacy").returncode == 0
+    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="sue-legacy")["Tags"]}
+    assert tags == {"owner": "sue", "delegated-by": "sue-mgr"}
+    assert manager.whoami(manager.profiles()["sue-legacy"]).endswith("user/sue-legacy")
+    # Another manager trying to claim sue's users finds them owned.
+    dirk = iamsorry.Manager("dirk-mgr", iamsorry.Creds(*ADMIN_KEY), "dirk-mgr", REGION)
+    with pytest.raises(iamsorry.NamespaceError, match="already delegated to 'sue'"):
+        iamsorry.chown_user(dirk, "sue-legacy", "sue")
+
+
+def test_minting_never_overwrites_a_long_term_or_sealed_profile(manager: FakeAws) -> None:
+    path = manager.home / ".aws" / "credentials"
+    path.write_text(
+        path.read_text() + "\n[sue-ops]\naws_access_key_id = AKIAOPSOPSOPSOPSOPS1\naws_secret_access_key = keep-me\n"
+    )
+    before = path.read_text()
+    users = {u["UserName"] for u in manager.client("iam").list_users()["Users"]}
+    assert_clean_error(run_cli("sue-ops"), "holds a long-term key")
+    assert path.read_text() == before
+    assert {u["UserName"] for u in manager.client("iam").list_users()["Users"]} == users
+
+
+def test_revoked_manager_key_gives_a_clear_error(manager: FakeAws) -> None:
+    iam = manager.client("iam")
+    for key_id, status in manager.key_status("sue-mgr").items():
+        if status == "Active":
+            iam.update_access_key(UserName="sue-mgr", AccessKeyId=key_id, Status="Inactive")
+    proc = run_cli("sue")
+    assert_clean_error(proc, "InvalidClientTokenId", "administrator", "iam-sorry --reset")
+    expire_profile("sue")
+    assert_clean_error(run_cli("--eval", "sue"), "InvalidClientTokenId", "administrator")
