@@ -91,9 +91,11 @@ class Realm:
         return f"FILE:{self.folder / ('ccache-' + (user or 'nobody'))}"
 
     def env(self, user: str | None = None, *, keytab: bool = False) -> dict[str, str]:
-        """Variables for a subprocess: merge into os.environ.  ``keytab=True``
-        is for the acceptor (the service), which also gets a private replay
-        cache directory."""
+        """Variables for a subprocess, to merge into os.environ: this realm's
+        krb5.conf, ``user``'s ccache, a private replay-cache directory (root's
+        default one is shared by every process), and the HTTP keytab only for
+        the acceptor (``keytab=True``); nothing falls back to /etc/krb5.conf,
+        /tmp/krb5cc_0 or /etc/krb5.keytab."""
         env = {
             "KRB5_CONFIG": str(self.krb5_conf),
             "KRB5CCNAME": self.ccache(user),
@@ -113,8 +115,7 @@ class Realm:
     def addprinc(self, name: str, password: str | None = None) -> str:
         princ = self.principal(name)
         key = ["-pw", password] if password else ["-randkey"]
-        # kadmin.local -q takes one string; -pw through it keeps the password
-        # out of every argv but kadmin.local's own, which is a test process.
+        # Test passwords only: they pass through kadmin.local's argv.
         self.kadmin_local(shlex.join(["addprinc", *key, princ]))
         if password:
             self.passwords[name] = password
