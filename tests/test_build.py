@@ -8,16 +8,19 @@ SHIV_ROOT and HOME; nothing here reads the developer's home directory.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -226,6 +229,187 @@ def test_old_extractions_are_removed(pyz: Path, bare_python: Path, tmp_path: Pat
     assert foreign.exists(), "other shiv apps are never touched"
     current = [p for p in root.glob("iam-sorry.pyz_*") if p.name != old.name]
     assert len(current) == 1 and (current[0] / build.STAMP_NAME).exists()
+
+
+# --------------------------------------------------------------------------
+# The bundle imports only from an extraction that is ours alone.  As root in
+# CI, "ours" means root's; the planted folders belong to nobody (65534).
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="folders of another uid need root")
+
+
+def extraction_name(pyz: Path) -> str:
+    with zipfile.ZipFile(pyz) as archive:
+        return f"{pyz.name}_{json.loads(archive.read('environment.json'))['build_id']}"
+
+
+def plant_pth(extraction: Path, marker: Path) -> None:
+    """An extraction whose site-packages runs code as soon as it is added to sys.path."""
+    site = extraction / "site-packages"
+    site.mkdir(parents=True)
+    (site / "planted.pth").write_text(f"import os; open({str(marker)!r}, 'w').close()\n")
+
+
+def give_away(path: Path) -> None:
+    for folder, _, files in os.walk(path):
+        os.chown(folder, NOBODY, NOBODY)
+        for name in files:
+            os.chown(os.path.join(folder, name), NOBODY, NOBODY)
+
+
+def _foreign_extraction(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+    root = tmp / "shiv"
+    root.mkdir(mode=0o700)
+    plant_pth(root / name, marker)
+    give_away(root / name)
+    return root, root / name
+
+
+def _foreign_half_extraction(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+    """shiv extracts into <name>.tmp and renames it into place, keeping what is there."""
+    root = tmp / "shiv"
+    root.mkdir(mode=0o700)
+    plant_pth(root / f"{name}.tmp", marker)
+    give_away(root / f"{name}.tmp")
+    return root, root / f"{name}.tmp"
+
+
+def _shared_root(mode: int) -> Callable[[Path, str, Path], tuple[Path, Path]]:
+    def make(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+        root = tmp / "shiv"
+        root.mkdir()
+        plant_pth(root / name, marker)
+        root.chmod(mode)
+        return root, root
+
+    return make
+
+
+def _foreign_root(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+    root = tmp / "shiv"
+    root.mkdir(mode=0o755)
+    plant_pth(root / name, marker)
+    os.chown(root, NOBODY, NOBODY)
+    return root, root
+
+
+def _link_into_foreign_folder(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+    other = tmp / "other"
+    other.mkdir(mode=0o755)
+    (other / "shiv").mkdir(mode=0o700)
+    plant_pth(other / "shiv" / name, marker)
+    os.chown(other, NOBODY, NOBODY)
+    link = tmp / "shiv"
+    link.symlink_to(other / "shiv")
+    return link, link
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param(_foreign_extraction, marks=needs_root, id="extraction-of-another-uid"),
+        pytest.param(_foreign_half_extraction, marks=needs_root, id="half-extraction-of-another-uid"),
+        pytest.param(_shared_root(0o775), id="group-writable-root"),
+        pytest.param(_shared_root(0o777), id="world-writable-root"),
+        pytest.param(_shared_root(0o1777), id="sticky-root"),
+        pytest.param(_foreign_root, marks=needs_root, id="root-of-another-uid"),
+        pytest.param(_link_into_foreign_folder, marks=needs_root, id="root-linked-into-another-uids-folder"),
+    ],
+)
+def test_a_planted_extraction_never_runs(
+    pyz: Path, bare_python: Path, tmp_path: Path, plant: Callable[[Path, str, Path], tuple[Path, Path]]
+) -> None:
+    marker = tmp_path / "planted-code-ran"
+    root, named = plant(tmp_path, extraction_name(pyz), marker)
+    # Both start-up paths: the fast one, and shiv's bootstrap (interpreter mode).
+    for extra in ({}, {"SHIV_INTERPRETER": "1"}):
+        proc = run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path, SHIV_ROOT=str(root), **extra))
+        assert not marker.exists(), proc.stderr
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 2, proc.stderr
+        assert lines[0].startswith(f"iam-sorry: error: {named} ") and lines[1].startswith("iam-sorry: hint: ")
+
+
+@needs_root
+def test_a_planted_lock_file_never_truncates_a_file(pyz: Path, bare_python: Path, tmp_path: Path) -> None:
+    """shiv opens its lock with O_TRUNC and follows links."""
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    root = tmp_path / "shiv"
+    root.mkdir(mode=0o700)
+    lock = root / f".{extraction_name(pyz)}_lock"
+    lock.symlink_to(precious)
+    os.lchown(lock, NOBODY, NOBODY)
+    proc = run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path))
+    assert precious.read_text() == "keep me"
+    assert proc.returncode == 1 and proc.stderr.startswith(f"iam-sorry: error: {lock} "), proc.stderr
+
+
+def test_the_planted_pth_would_run_from_an_extraction_that_is_ours(
+    pyz: Path, bare_python: Path, tmp_path: Path
+) -> None:
+    """The control for the test above: the same plant, ours, does run."""
+    marker = tmp_path / "planted-code-ran"
+    root = tmp_path / "shiv"
+    root.mkdir(mode=0o700)
+    plant_pth(root / extraction_name(pyz), marker)
+    run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path))
+    assert marker.exists()
+
+
+def test_first_extraction_is_private_whatever_the_umask(pyz: Path, bare_python: Path, tmp_path: Path) -> None:
+    """SHIV_ROOT is created 0700 and shiv extracts with no group/other write
+    bits, so the next run passes the check; the entry point still sees the
+    caller's umask."""
+    script = tmp_path / "umask.py"
+    script.write_text("import os\nprint(oct(os.umask(0)))\n")
+    root = tmp_path / "new" / "shiv"
+    env = node_env(tmp_path, SHIV_ROOT=str(root))
+    cmd = [str(bare_python), "-X", "importtime", str(pyz)]
+    first = subprocess.run([*cmd, str(script)], env={**env, "SHIV_INTERPRETER": "1"}, umask=0o002,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "0o2\n" and "| _bootstrap\n" in first.stderr
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    written = [Path(d, n) for d, dirs, files in os.walk(root) for n in [*dirs, *files]]
+    assert len(written) > 1000 and not [p for p in written if p.lstat().st_mode & 0o022]
+
+    again = subprocess.run([*cmd, "--version"], env=env, umask=0o002, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "_bootstrap" not in again.stderr, "an extraction that is ours takes the fast path"
+
+
+@pytest.mark.parametrize("runtime_dir", ["private", "shared", "unset"])
+def test_default_root_is_private(pyz: Path, bare_python: Path, tmp_path: Path, runtime_dir: str) -> None:
+    """$XDG_RUNTIME_DIR/shiv when that folder is ours alone, else ~/.shiv."""
+    env = node_env(tmp_path)
+    del env["SHIV_ROOT"]
+    env.pop("XDG_RUNTIME_DIR", None)
+    runtime = tmp_path / "run"
+    if runtime_dir != "unset":
+        runtime.mkdir(mode=0o700)
+        runtime.chmod(0o700 if runtime_dir == "private" else 0o777)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+    proc = run_pyz(bare_python, pyz, "--version", env=env)
+    assert proc.returncode == 0, proc.stderr
+    expected = runtime / "shiv" if runtime_dir == "private" else tmp_path / "home" / ".shiv"
+    assert (expected / extraction_name(pyz) / "site-packages").is_dir()
+    assert stat.S_IMODE(expected.stat().st_mode) == 0o700
+    assert list((tmp_path / "home").iterdir()) == ([] if runtime_dir == "private" else [expected])
+
+
+def test_stub_applies_the_scripts_rule_verbatim(pyz: Path) -> None:
+    """One "ours alone" rule: __main__.py holds the script's functions, unchanged."""
+    with zipfile.ZipFile(pyz) as archive:
+        stub = archive.read("__main__.py").decode()
+    script = (ROOT / "iam-sorry").read_text()
+    for name in build.SHARED_WITH_SCRIPT:
+        [source] = build.function_sources(script, [name])
+        assert source in stub
+        dumps = [ast.dump(n) for tree in (stub, script) for n in ast.parse(tree).body if getattr(n, "name", "") == name]
+        assert len(dumps) == 2 and dumps[0] == dumps[1], name
 
 
 def test_slim_bundle_has_only_the_needed_models(builds: dict[str, Path], bare_python: Path, tmp_path: Path) -> None:

@@ -269,7 +269,6 @@ def test_vendor_for_another_target_is_ignored(empty_python: Path, vendor_dir: Pa
     assert_missing_dependency(run(empty_python, script, "--print-policy", "sue", env=env), empty_python)
 
 
-
 def test_shiv_extractions_others_could_write_are_never_imported(tmp_path: Path, monkeypatch) -> None:
     """A neighbour on a shared /tmp can pre-create SHIV_ROOT or an extraction
     in it; code found there by searching must be ours alone."""
@@ -288,3 +287,71 @@ def test_shiv_extractions_others_could_write_are_never_imported(tmp_path: Path, 
     monkeypatch.setenv("SHIV_ROOT", str(root))
     monkeypatch.delenv("IAM_SORRY_VENDOR", raising=False)
     assert iamsorry._vendor_candidates() == [str(good)]
+
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="folders of another uid need root")
+
+
+@needs_root
+def test_an_extraction_another_uid_planted_never_runs(empty_python: Path, tmp_path: Path, private_home: Path) -> None:
+    """The vendor search finds a fitting extraction whose boto3 would run as
+    us; while another uid owns it, it is never imported."""
+    ran = tmp_path / "planted-code-ran"
+    env = node_env(tmp_path)
+    extraction = Path(env["SHIV_ROOT"], "iam-sorry.pyz_planted")
+    site = extraction / "site-packages"
+    (site / "boto3").mkdir(parents=True)
+    (site / MARKER).write_text(json.dumps({"python": HERE_PYTHON, "machine": platform.machine(), "glibc": None}))
+    (site / "boto3" / "__init__.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    script = script_copy(tmp_path / "bin")
+    plain_manager(private_home)  # so that --print-policy imports boto3 to ask STS for the account
+    for path in (extraction, site, site / "boto3"):
+        os.chown(path, NOBODY, NOBODY)
+    assert_missing_dependency(run(empty_python, script, "--print-policy", "sue", env=env), empty_python)
+    assert not ran.exists()
+
+    for path in (extraction, site, site / "boto3"):
+        os.chown(path, 0, 0)
+    run(empty_python, script, "--print-policy", "sue", env=env)
+    assert ran.exists(), "the same folder, ours, is imported: the check above is what stopped it"
+
+
+@needs_root
+def test_private_tree_is_the_whole_path_ours_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule the script and the .pyz share, for a user who is not root
+    (uid 1000 here); tmp_path and everything above it belong to root."""
+    me = 1000
+    monkeypatch.setattr(os, "getuid", lambda: me)
+
+    def folder(path: Path, owner: int, mode: int) -> str:
+        path.mkdir()
+        os.chown(path, owner, owner)
+        path.chmod(mode)
+        return str(path)
+
+    base = Path(os.path.realpath(tmp_path))
+    mine = folder(base / "mine", me, 0o755)
+    folder(base / "sticky", 0, 0o1777)
+    folder(base / "open", 0, 0o777)
+    folder(base / "other", NOBODY, 0o755)
+    folder(base / "other" / "root", 0, 0o755)
+    (base / "link-to-mine").symlink_to(mine)
+    (base / "link-to-other").symlink_to(folder(base / "other" / "mine", me, 0o700))
+    ours = {
+        "mine": mine,
+        "sticky/mine": folder(base / "sticky" / "mine", me, 0o700),  # /tmp-like parent
+        "sticky/root": folder(base / "sticky" / "root", 0, 0o755),  # root is trusted
+        "link-to-mine": mine,  # the real path, the one that was checked
+    }
+    not_ours = {
+        "sticky": None,  # others can add entries to it
+        "mine/group": folder(base / "mine" / "group", me, 0o775),
+        "open/mine": folder(base / "open" / "mine", me, 0o700),  # others can swap it
+        "other/mine": None,
+        "other/root/mine": folder(base / "other" / "root" / "mine", me, 0o700),  # checked past root's folder
+        "link-to-other": None,
+        "missing": None,
+    }
+    for name, real in {**ours, **{n: None for n in not_ours}}.items():
+        assert iamsorry._private_tree(str(base / name)) == real, name
