@@ -28,7 +28,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "iam-sorry"
 # sympy, docker...) that this demo never uses.
 PACKAGES = ["boto3", "cryptography", "bcrypt", "moto==5.2.1", "flask", "flask-cors", "awscli"]
 REGION = "us-west-2"
-SUE_ARN = "arn:aws:iam::123456789012:user/sue"  # moto's default account
+SUE_ARN = "arn:aws:iam::123456789012:user/iam-sorry/sue"  # moto's default account
 BOLD, PLAIN = ("\033[1m", "\033[0m") if sys.stdout.isatty() and "NO_COLOR" not in os.environ else ("", "")
 
 

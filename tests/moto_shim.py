@@ -39,6 +39,12 @@ What is patched (``install`` patches, ``uninstall`` restores):
 ``moto.iam.models.IAMBackend.create_access_key``
     Wrapped: remembers which keys were issued and when, because moto forgets
     deleted keys entirely and would otherwise treat them as unknown admin keys.
+``moto.iam.responses.IamResponse.create_user`` / ``create_role``
+    Wrapped: a ``PermissionsBoundary`` must name an existing policy
+    (``NoSuchEntity`` otherwise, as in AWS; moto checks only its form), and a
+    user's boundary is kept and returned by GetUser (moto drops it).
+``moto.iam.responses.IamResponse.put_user_permissions_boundary``
+    Added (moto does not implement it), with the same check.
 
 The signing key is taken exactly as moto takes it (``get_access_key``: the
 SigV4 ``Authorization`` credential scope).  Minted keys are registered with
@@ -355,11 +361,55 @@ def _wrap_create_access_key(original: Callable[..., AccessKey]) -> Callable[...,
     return create_access_key
 
 
+def _boundary(response: IamResponse) -> dict[str, str] | None:
+    """The request's PermissionsBoundary, checked to exist as AWS does."""
+    arn = response._get_param("PermissionsBoundary")
+    if not arn:
+        return None
+    response.backend.get_policy(arn)  # raises NoSuchEntity, which moto answers as AWS would
+    return {"PermissionsBoundaryType": "PermissionsBoundaryPolicy", "PermissionsBoundaryArn": arn}
+
+
+def _wrap_create_user(original: Callable[[IamResponse], Any]) -> Callable[[IamResponse], Any]:
+    @functools.wraps(original)
+    def create_user(self: IamResponse) -> Any:
+        boundary = _boundary(self)
+        result = original(self)
+        if boundary:
+            self.backend.get_user(self._get_param("UserName")).permissions_boundary = boundary
+        return result
+
+    return create_user
+
+
+def _wrap_create_role(original: Callable[[IamResponse], Any]) -> Callable[[IamResponse], Any]:
+    @functools.wraps(original)
+    def create_role(self: IamResponse) -> Any:
+        _boundary(self)
+        return original(self)
+
+    return create_role
+
+
+def _put_user_permissions_boundary(self: IamResponse) -> Any:
+    user = self.backend.get_user(self._get_param("UserName"))
+    user.permissions_boundary = _boundary(self)
+    from moto.core.responses import EmptyResult
+
+    return EmptyResult()
+
+
 _PATCHES: list[tuple[type, str, Callable[[Any], Any]]] = [
     (BaseResponse, "call_action", _wrap_call_action),
     (TokenResponse, "get_session_token", _wrap_get_session_token),
     (STSBackend, "get_caller_identity", _wrap_get_caller_identity),
     (IAMBackend, "create_access_key", _wrap_create_access_key),
+    (IamResponse, "create_user", _wrap_create_user),
+    (IamResponse, "create_role", _wrap_create_role),
+]
+# What moto lacks altogether: added by install, removed by uninstall.
+_ADDITIONS: list[tuple[type, str, Callable[..., Any]]] = [
+    (IamResponse, "put_user_permissions_boundary", _put_user_permissions_boundary),
 ]
 _ALSO_USED: list[tuple[type, str]] = [
     (BaseResponse, "get_access_key"),
@@ -369,6 +419,8 @@ _ALSO_USED: list[tuple[type, str]] = [
     (TokenResponse, "backend"),
     (STSBackend, "get_assumed_role_from_access_key"),
     (IAMBackend, "create_temp_access_key"),
+    (IAMBackend, "get_policy"),
+    (IamResponse, "_get_param"),
 ]
 
 
@@ -397,6 +449,8 @@ def install() -> Shim:
                 original = vars(cls)[name]
                 _ORIGINALS[(cls, name)] = original
                 setattr(cls, name, wrap(original))
+            for cls, name, added in _ADDITIONS:
+                setattr(cls, name, added)
     return _SHIM
 
 
@@ -405,6 +459,9 @@ def uninstall() -> None:
     with _INSTALL_LOCK:
         for (cls, name), original in _ORIGINALS.items():
             setattr(cls, name, original)
+        if _ORIGINALS:
+            for cls, name, _ in _ADDITIONS:
+                delattr(cls, name)
         _ORIGINALS.clear()
 
 

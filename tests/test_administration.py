@@ -11,34 +11,40 @@ from conftest import REGION, FakeAws, assert_clean_error, bash, exported, hand_o
 
 def test_delegation_once_and_the_manager_loses_write(manager: FakeAws) -> None:
     iam = manager.client("iam")
-    assert_clean_error(run_cli("jimmy-bedrock", "--chown", "jimmy"), "not an IAM user")
-    iam.create_user(UserName="jimmy")
+    assert_clean_error(run_cli("jimmy-bedrock", "--chown", "jimmy"), "not an IAM user of an iam-sorry namespace")
+    iam.create_user(UserName="jimmy")  # a user, but no namespace an administrator made
+    assert_clean_error(run_cli("jimmy-bedrock", "--chown", "jimmy"), "not an IAM user of an iam-sorry namespace")
+    iam.delete_user(UserName="jimmy")
+    hand_over("jimmy-mgr")
     assert_clean_error(run_cli("sue-x", "--chown", "jimmy"), "does not match the namespace")
     proc = run_cli("jimmy-bedrock", "--chown", "jimmy")
     assert proc.returncode == 0, proc.stderr
-    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="jimmy-bedrock")["Tags"]}
-    assert tags == {"owner": "jimmy", "delegated-by": "sue-mgr"}
+    made = iam.get_user(UserName="jimmy-bedrock")["User"]
+    assert {t["Key"]: t["Value"] for t in made["Tags"]} == {"owner": "jimmy", "delegated-by": "sue-mgr"}
+    assert made["Path"] == "/iam-sorry/"
+    assert made["PermissionsBoundary"]["PermissionsBoundaryArn"].endswith(":policy/iam-sorry-jimmy-boundary")
     assert_clean_error(run_cli("jimmy-bedrock", "--chown", "jimmy"), "already delegated")
     assert_clean_error(run_cli("jimmy-bedrock"), "outside your namespace")
     assert manager.key_status("jimmy-bedrock") == {}
-    # A namespace user handed to someone else: view, never mint.
-    iam.create_user(UserName="sue-student", Tags=[{"Key": "owner", "Value": "jimmy"}])
-    assert_clean_error(run_cli("sue-student"), "delegated to 'jimmy'")
-    assert manager.key_status("sue-student") == {}
+    # An existing user is never re-tagged by delegation: an administrator adopts it.
+    iam.create_user(UserName="jimmy-old")
+    assert_clean_error(run_cli("jimmy-old", "--chown", "jimmy"), "only creates new users", "--adopt jimmy-old")
+    assert iam.list_user_tags(UserName="jimmy-old")["Tags"] == []
 
 
 def test_delegated_user_is_minted_by_its_new_owner(manager: FakeAws, tmp_path: Path) -> None:
     """jimmy's own manager takes over jimmy-bedrock."""
-    manager.client("iam").create_user(UserName="jimmy")
-    assert run_cli("jimmy-bedrock", "--chown", "jimmy").returncode == 0
     key = hand_over("jimmy-mgr")
+    assert run_cli("jimmy-bedrock", "--chown", "jimmy").returncode == 0
     jimmy_home = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "jc"), "AWS_CONFIG_FILE": str(tmp_path / "jcfg")}
     boot = run_cli(env={**jimmy_home, **exported(key)})
     assert boot.returncode == 0, boot.stderr
     proc = run_cli("jimmy-bedrock", env=jimmy_home)
     assert proc.returncode == 0, proc.stderr
     creds = iamsorry.read_aws_credentials(str(tmp_path / "jc"))["jimmy-bedrock"]
-    assert manager.whoami(creds).endswith("user/jimmy-bedrock")
+    assert manager.whoami(creds).endswith("user/iam-sorry/jimmy-bedrock")
+    # and sue's manager, which created it, can only look at it
+    assert_clean_error(run_cli("jimmy-bedrock"), "outside your namespace")
 
 
 def test_role_profile_works_with_the_aws_cli_and_eval(manager: FakeAws) -> None:
@@ -48,7 +54,9 @@ def test_role_profile_works_with_the_aws_cli_and_eval(manager: FakeAws) -> None:
     assert role["MaxSessionDuration"] == 43200
     trust = role["AssumeRolePolicyDocument"]
     trust = json.loads(trust) if isinstance(trust, str) else trust
-    assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::123456789012:user/sue"}
+    assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::123456789012:user/iam-sorry/sue"}
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"].endswith(":policy/iam-sorry-sue-boundary")
+    assert {t["Key"]: t["Value"] for t in role["Tags"]} == {"owner": "sue", "delegated-by": "sue-mgr"}
     cfg = iamsorry.read_aws_config()["sue-lambda"]
     assert cfg == {"role_arn": role["Arn"], "source_profile": "sue", "region": REGION, "duration_seconds": "43200"}
     out = bash("aws --profile sue-lambda sts get-caller-identity --output json")

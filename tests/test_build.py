@@ -496,7 +496,7 @@ def test_bundle_bootstraps_the_quick_start_on_a_bare_interpreter(
     profiles = aws.profiles()
     assert iamsorry.is_sealed(profiles["sue-mgr"]["aws_access_key_id"])
     assert aws.key_status("sue-mgr").get(key_id) == "Inactive"  # the key the administrator saw
-    assert aws.whoami(profiles["sue"]) == "arn:aws:iam::123456789012:user/sue"
+    assert aws.whoami(profiles["sue"]) == "arn:aws:iam::123456789012:user/iam-sorry/sue"
 
 
 def test_bundle_eval_in_bash_yields_sues_identity(
@@ -527,7 +527,7 @@ def test_bundle_eval_in_bash_yields_sues_identity(
         ["bash", "-c", script], capture_output=True, text=True, cwd=node, timeout=300, env={**env, "PATH": path}
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "arn:aws:iam::123456789012:user/sue"
+    assert out.stdout.strip() == "arn:aws:iam::123456789012:user/iam-sorry/sue"
 
 
 # --------------------------------------------------------------------------

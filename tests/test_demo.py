@@ -40,7 +40,7 @@ def test_demo_plays_the_quick_start_and_cleans_up() -> None:
     assert proc.returncode == 0, out
     assert "\n$ iam-sorry --profile aws-admin --create-iam-sorry sue-mgr\n" in proc.stdout
     assert "\033[" not in proc.stdout  # not a terminal: no bold
-    assert "arn:aws:iam::123456789012:user/sue" in proc.stdout
+    assert "arn:aws:iam::123456789012:user/iam-sorry/sue" in proc.stdout
     assert "assumed-role/iam-sorry-sue-lambda" in proc.stdout
     assert "outside your namespace" in proc.stdout
     agent = re.search(r"ssh-agent pid (\d+)", proc.stdout)

@@ -309,7 +309,7 @@ def test_write_failures_are_clean_errors(
 def test_aws_profile_naming_a_session_profile_is_not_taken_for_the_manager(manager: FakeAws) -> None:
     proc = run_cli("sue-data", env={"AWS_PROFILE": "sue"})
     assert proc.returncode == 0, proc.stderr
-    assert manager.whoami(manager.profiles()["sue-data"]).endswith("user/sue-data")
+    assert manager.whoami(manager.profiles()["sue-data"]).endswith("user/iam-sorry/sue-data")
 
 
 def test_several_managers_must_be_chosen(manager: FakeAws) -> None:
