@@ -164,6 +164,24 @@ def moto_url():
     stop()
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL cluster for the session (tests/pgkit.py), removed at the end."""
+    import pgkit
+
+    server = pgkit.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg(pg_server):
+    """The session's cluster, started again if an earlier test left it down."""
+    if not pg_server.running:
+        pg_server.start()
+    return pg_server
+
+
 @pytest.fixture
 def aws(moto_url: str, private_home: Path, monkeypatch: pytest.MonkeyPatch) -> FakeAws:
     """A clean fake AWS account, the CLI pointed at it, and an admin profile."""
