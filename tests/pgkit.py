@@ -94,8 +94,16 @@ class Server:
         if self.account is not None:
             kw = {"user": self.account.pw_uid, "group": self.account.pw_gid, "extra_groups": []}
         env = {"PATH": f"{self.bindir}:/usr/bin:/bin", "HOME": str(self.base), "LC_ALL": "C.UTF-8", "TZ": "UTC"}
-        return subprocess.run([str(self.bindir / args[0]), *args[1:]], capture_output=True, text=True, env=env,
-                              cwd=self.base, stdin=subprocess.DEVNULL, timeout=timeout, **kw)
+        return subprocess.run(
+            [str(self.bindir / args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.base,
+            stdin=subprocess.DEVNULL,
+            timeout=timeout,
+            **kw,
+        )
 
     def _chown(self, path: Path) -> None:
         if self.account is not None:
@@ -110,8 +118,20 @@ class Server:
         pwfile.chmod(0o600)
         self._chown(pwfile)
         try:
-            proc = self._run("initdb", "-D", str(self.data), "-U", ADMIN, f"--pwfile={pwfile}", "-E", "UTF8",
-                             "--no-locale", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync")
+            proc = self._run(
+                "initdb",
+                "-D",
+                str(self.data),
+                "-U",
+                ADMIN,
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--no-locale",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "--no-sync",
+            )
         finally:
             pwfile.unlink()
         if proc.returncode != 0:

@@ -106,8 +106,9 @@ def test_an_advisory_lock_dies_with_its_holder(pg) -> None:
             holder.wait()
             conn.execute("SET lock_timeout = '60s'")  # a bound on a hang, not a timing claim
             conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-            held = conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-                                " AND pid = pg_backend_pid()").fetchone()
+            held = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = pg_backend_pid()"
+            ).fetchone()
             assert held == (1,)
     finally:
         if holder.poll() is None:
