@@ -51,6 +51,8 @@ What is patched (``install`` patches, ``uninstall`` restores):
     deleted keys entirely and would otherwise treat them as unknown admin keys.
 ``moto.sts.responses.TokenResponse.assume_role``
     Wrapped: checks the role and its trust policy, then records the session.
+``moto.iam.responses.IamResponse.list_service_specific_credentials``
+    Added (moto lacks it): a user has none, as moto cannot create any.
 
 The signing key is taken exactly as moto takes it (``get_access_key``: the
 SigV4 ``Authorization`` credential scope).  Minted keys are registered with
@@ -464,6 +466,16 @@ def _wrap_assume_role(original: Callable[[TokenResponse], Any]) -> Callable[[Tok
     return assume_role
 
 
+def _list_service_specific_credentials(self: IamResponse) -> ActionResult:
+    self.backend.get_user(self._get_param("UserName"))  # NoSuchEntity for an unknown user, as AWS
+    return ActionResult({"ServiceSpecificCredentials": []})
+
+
+#: Actions moto does not implement at all: (class, method name, method).
+_ADDITIONS: list[tuple[type, str, Callable[[Any], Any]]] = [
+    (IamResponse, "list_service_specific_credentials", _list_service_specific_credentials),
+]
+
 _PATCHES: list[tuple[type, str, Callable[[Any], Any]]] = [
     (BaseResponse, "call_action", _wrap_call_action),
     (TokenResponse, "get_session_token", _wrap_get_session_token),
@@ -485,6 +497,7 @@ _ALSO_USED: list[tuple[type, str]] = [
 
 def _check_internals() -> None:
     missing = [f"{cls.__qualname__}.{name}" for cls, name, _ in _PATCHES if name not in vars(cls)]
+    missing += [f"{cls.__qualname__}.{name} (now in moto)" for cls, name, _ in _ADDITIONS if hasattr(cls, name)]
     missing += [f"{cls.__qualname__}.{name}" for cls, name in _ALSO_USED if not hasattr(cls, name)]
     # A subclass override would silently bypass the gate for that service.
     missing += [
@@ -508,6 +521,8 @@ def install() -> Shim:
                 original = vars(cls)[name]
                 _ORIGINALS[(cls, name)] = original
                 setattr(cls, name, wrap(original))
+            for cls, name, added in _ADDITIONS:
+                setattr(cls, name, added)
     return _SHIM
 
 
@@ -516,6 +531,9 @@ def uninstall() -> None:
     with _INSTALL_LOCK:
         for (cls, name), original in _ORIGINALS.items():
             setattr(cls, name, original)
+        if _ORIGINALS:
+            for cls, name, _ in _ADDITIONS:
+                delattr(cls, name)
         _ORIGINALS.clear()
 
 
