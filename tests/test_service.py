@@ -423,3 +423,35 @@ def test_the_server_log_has_one_line_per_request_and_no_traceback(svc: serviceki
     assert "Traceback" not in log
     assert f"{PRINCIPAL} GET /v1/whoami 200 whoami" in log
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") is None
+
+
+def test_the_acceptor_refuses_what_it_must(krb_realm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process: garbage, a replayed token, another realm, a service principal."""
+    import base64
+
+    pytest.importorskip("gssapi")
+    for name, value in krb_realm.env("sue").items():
+        monkeypatch.setenv(name, value)
+    acceptor = iamsorry.Acceptor(str(krb_realm.keytab), [krb_realm.realm])
+
+    def token() -> str:
+        with iamsorry._PyInitiator("localhost") as gss:
+            return "Negotiate " + base64.b64encode(gss.step(None) or b"").decode()
+
+    good = token()
+    assert acceptor.accept(good)[:2] == (PRINCIPAL, "sue")
+    for header, reason in [
+        (None, "authentication required"),
+        ("Basic c3VlOnB3", "authentication required"),
+        ("Negotiate !!!", "malformed Negotiate token"),
+        ("Negotiate " + base64.b64encode(b"garbage").decode(), "Kerberos authentication failed"),
+        (good, "replayed"),
+    ]:
+        with pytest.raises(iamsorry.Unauthorized, match=reason):
+            acceptor.accept(header)
+    strict = iamsorry.Acceptor(str(krb_realm.keytab), ["OTHER.REALM"])
+    with pytest.raises(iamsorry.Unauthorized, match="realm IAMSORRY.TEST is not accepted here"):
+        strict.accept(token())
+    with pytest.raises(iamsorry.Unauthorized, match="not a person"):
+        iamsorry.local_user("HTTP/localhost@IAMSORRY.TEST", [krb_realm.realm])
+    assert iamsorry.split_principal("a\\@b@R") == ("a\\@b", "R")
