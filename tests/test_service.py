@@ -359,7 +359,7 @@ def test_the_audit_trail_verifies_and_holds_no_secret(svc: servicekit.Service) -
     entries = json.loads(listed.stdout)
     minted = [e for e in entries if e["key_id"] == doc["AccessKeyId"]]
     assert len(minted) == 1 and minted[0]["principal"] == PRINCIPAL and minted[0]["target"] == "sue-audited"
-    assert minted[0]["outcome"] == "minted" and minted[0]["status"] == 200
+    assert minted[0]["result"] == "minted" and minted[0]["status"] == 200
     assert any(r.startswith("CreateAccessKey:") for r in minted[0]["request_ids"])
     denied = [e for e in entries if e["principal"] == "ann@IAMSORRY.TEST" and e["status"] == 403]
     assert denied and denied[-1]["target"] == "sue-audited" and denied[-1]["source"] == "127.0.0.1"
