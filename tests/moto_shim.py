@@ -157,6 +157,8 @@ class Shim:
     ``propagation_delay`` (seconds, default 0) and ``calls`` (a Counter keyed
     by action name, counted at the server, rejected requests included) are
     plain attributes; ``calls`` is only written under the lock.
+    ``session_seconds`` (default None) caps the lifetime of minted sessions,
+    so that a benchmark sees credentials go stale without waiting hours.
     """
 
     def __init__(self) -> None:
@@ -175,6 +177,7 @@ class Shim:
         """
         with self._lock:
             self.propagation_delay = 0.0
+            self.session_seconds: int | None = None
             self.calls.clear()
             self.log = []
             self.role_sessions = {}
@@ -368,6 +371,7 @@ def _wrap_get_session_token(original: Callable[[TokenResponse], Any]) -> Callabl
     @functools.wraps(original)
     def get_session_token(self: TokenResponse) -> ActionResult:
         duration = _duration_seconds(self)
+        duration = min(duration, _SHIM.session_seconds or duration)
         signer = self.get_access_key()
         if _SHIM._session(signer) or self.backend.get_assumed_role_from_access_key(signer):
             raise AwsError("AccessDenied", "Cannot call GetSessionToken with session credentials", 403)

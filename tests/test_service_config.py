@@ -334,3 +334,14 @@ def test_a_user_named_like_a_command_can_still_be_minted(private_home: Path) -> 
     args = iamsorry.parse_args(["--duration", "2", "serve"])
     assert (args.action, args.name) == ("mint", "serve")
     shutil.rmtree(private_home, ignore_errors=True)
+
+
+def test_without_the_server_extra_serve_says_what_to_install(checked: Path) -> None:
+    import subprocess
+    import sys
+
+    from conftest import SCRIPT
+
+    proc = subprocess.run([sys.executable, "-S", str(SCRIPT), "serve", "--config", str(checked)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert_clean_error(proc, "the service needs gunicorn", "pip install 'iam-sorry[server]'")
