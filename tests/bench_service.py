@@ -53,8 +53,10 @@ def say(msg: str) -> None:
 
 
 def stampede(url: str, shim: moto_shim.Shim, clients: int) -> tuple[int, int, float]:
-    """(mints before, mints caused by the stampede, seconds it took)."""
+    """(mints of the first request, mints caused by the stampede once those
+    credentials are stale, seconds the stampede took)."""
     shim.session_seconds = 900 + 5  # AWS's minimum lifetime: stale (under 15 minutes) 5 s after the mint
+    start = shim.calls["CreateAccessKey"]
     iamsorry.broker_credentials(url, "sue-batch", 1)
     first = shim.calls["CreateAccessKey"]
     time.sleep(6)
@@ -71,7 +73,7 @@ def stampede(url: str, shim: moto_shim.Shim, clients: int) -> tuple[int, int, fl
     took = time.monotonic() - started
     if len(keys) != 1:
         raise RuntimeError(f"{clients} clients got {len(keys)} different credentials")
-    return first, shim.calls["CreateAccessKey"] - first, took
+    return first - start, shim.calls["CreateAccessKey"] - first, took
 
 
 def load(call: Callable[[], Any], clients: int, requests: int) -> dict[str, float]:
@@ -181,7 +183,9 @@ def report(svc: servicekit.Service, shim: moto_shim.Shim, args: argparse.Namespa
     print(f"| peak RSS of the service | worker {rss.get('worker', 0):.0f} MiB, "
           f"master {rss.get('master', 0):.0f} MiB |")  # fmt: skip
     print()
-    print(f"verdict: one mint per expiry: {'MET' if mints == 1 else 'MISSED'} ({mints}; primed with {before})")
+    print(
+        f"verdict: one mint per expiry: {'MET' if mints == 1 else 'MISSED'} ({mints}; {before} for the first request)"
+    )
     print(f"verdict: cached/whoami <= {RATIO_TARGET}x: {'MET' if ratio_load <= RATIO_TARGET else 'MISSED'}")
 
 
