@@ -328,6 +328,13 @@ def test_bad_input_gets_a_4xx_json_error_and_the_service_carries_on(
     assert "Traceback" not in svc.log_text()
 
 
+def test_a_request_cannot_forge_a_line_of_the_log(svc: servicekit.Service) -> None:
+    status, _, doc = svc.curl("sue", "/v1/x%0A%5BINFO%5D%20forged%20line", {})
+    assert status == 404 and "no such endpoint" in doc["error"]
+    assert not [ln for ln in svc.log_text().splitlines() if ln.startswith("[INFO] forged")]
+    assert "/v1/x?[INFO] forged line" in svc.log_text()
+
+
 def test_whoami_takes_get_only(svc: servicekit.Service) -> None:
     status, _, doc = svc.curl("sue", "/v1/whoami", {})
     assert status == 405 and "takes GET" in doc["error"]
