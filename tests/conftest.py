@@ -37,13 +37,13 @@ iamsorry = _load_iamsorry()
 
 @pytest.fixture(autouse=True)
 def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own HOME and none of the developer's AWS or
-    ssh-agent settings."""
+    """Every test gets its own HOME and none of the developer's AWS,
+    Kerberos or ssh-agent settings."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     for name in list(os.environ):
-        if name.startswith(("AWS_", "IAM_SORRY_")) or name in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
+        if name.startswith(("AWS_", "IAM_SORRY_", "KRB5")) or name in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     iamsorry.forget_secrets()
@@ -153,6 +153,15 @@ class FakeAws:
     def key_status(self, user: str) -> dict[str, str]:
         keys = self.client("iam").list_access_keys(UserName=user)["AccessKeyMetadata"]
         return {k["AccessKeyId"]: k["Status"] for k in keys}
+
+
+@pytest.fixture(scope="session")
+def krb_realm():
+    """A throwaway MIT Kerberos realm (tests/krbkit.py) for the whole run:
+    users sue, ann, bob; HTTP/localhost in its keytab."""
+    import krbkit
+
+    yield from krbkit.session_realm()
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,8 @@ def test_namespace_users_are_owned_from_creation_and_older_users_are_never_swall
     adopt = run_cli("--profile", "aws-admin", "--adopt", "sue-prod-deployer", "--owner", "sue")
     assert adopt.returncode == 0, adopt.stderr
     assert "inline everything" in adopt.stderr  # the administrator sees what the manager can now mint
-    assert run_cli("sue-prod-deployer").returncode == 0
+    minted = run_cli("sue-prod-deployer")
+    assert minted.returncode == 0, minted.stderr
     assert manager.whoami(manager.profiles()["sue-prod-deployer"]).endswith("user/iam-sorry/sue-prod-deployer")
     # Another manager trying to claim sue's users finds them owned.
     dirk = iamsorry.Manager("dirk-mgr", iamsorry.Creds(*ADMIN_KEY), "dirk-mgr", REGION)
