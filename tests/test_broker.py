@@ -150,10 +150,31 @@ def test_a_role_through_the_broker_works_with_the_aws_cli(svc: servicekit.Servic
     assert "Role iam-sorry-sue-lambda created" in proc.stderr
     config = iamsorry.read_aws_config()
     assert config["sue-lambda"]["source_profile"] == "sue" and config["sue"]["broker"] == svc.url
-    proc = subprocess.run(["aws", "sts", "get-caller-identity", "--profile", "sue-lambda", "--output", "json"],
-                          capture_output=True, text=True, env={**os.environ, **env_of(svc)}, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        ["aws", "sts", "get-caller-identity", "--profile", "sue-lambda", "--output", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env_of(svc)},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert ":assumed-role/iam-sorry-sue-lambda/" in json.loads(proc.stdout)["Arn"]
+
+
+def test_credential_process_of_a_brokered_role_writes_nothing(svc: servicekit.Service, private_home: Path) -> None:
+    """The role's source comes from the broker and the role is assumed in
+    memory: no credentials file appears, and no profile name is ever sent to
+    the broker as a user name."""
+    assert run_cli("--broker", svc.url, "--role", "sue-proc", env=env_of(svc)).returncode == 0
+    creds = private_home / ".aws" / "credentials"
+    if creds.exists():
+        creds.unlink()
+    for extra in ({}, {"IAM_SORRY_BROKER": svc.url}):
+        proc = run_cli("--credential-process", "sue-proc", env=env_of(svc, **extra))
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert ":assumed-role/iam-sorry-sue-proc/" in arn_of(svc, doc)
+        assert not creds.exists()
 
 
 @pytest.mark.parametrize("client", ["python-gssapi", "ctypes"])

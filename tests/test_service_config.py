@@ -130,13 +130,17 @@ def test_authorisation_denies_by_default_and_says_what_was_missing(tmp_path: Pat
 
 def role_policy() -> dict[str, Any]:
     """Everything the namespace role of sue may do: both inline policies."""
-    statements = iamsorry.manager_policy("sue", ACCT, creator=iamsorry.SOURCE_IDENTITY_VARIABLE)["Statement"]
-    statements += iamsorry.service_role_policy("sue", ACCT, ALLOWED)["Statement"]
-    return {"Version": "2012-10-17", "Statement": statements}
+    docs = iamsorry.namespace_role_policies("sue", ACCT, ALLOWED).values()
+    return {"Version": "2012-10-17", "Statement": [st for doc in docs for st in doc["Statement"]]}
 
 
 def user(name: str) -> str:
     return f"arn:aws:iam::{ACCT}:user/{name}"
+
+
+ADMIN_POLICY = "arn:aws:iam::aws:policy/AdministratorAccess"
+SUE_X = f"arn:aws:iam::{ACCT}:policy/sue-x"
+ANN_OWNED = {"aws:RequestTag/owner": "ann", "iam:PermissionsBoundary": BOUNDARY.replace("-sue-", "-ann-")}
 
 
 def _created_by(person: str, source_identity: str | None = None) -> dict[str, Any]:
@@ -183,21 +187,24 @@ def test_the_service_policies_pass_parliament(policy: dict[str, Any]) -> None:
         ("iam:CreateAccessKey", user("iam-sorry-service/iam-sorry-service"), {}, "ImplicitDeny"),
         ("iam:CreateUser", user("iam-sorry/sue-etl"), _created_by("sue@" + REALM), "Allow"),
         ("iam:CreateUser", user("iam-sorry/sue-etl"), _created_by("ann@" + REALM, "sue@" + REALM), "ImplicitDeny"),
-        ("iam:DeleteUser", user("iam-sorry/sue-etl"), {}, "Allow"),
-        ("iam:DeleteUser", user("iam-sorry/bob-etl"), {}, "ImplicitDeny"),
-        ("iam:AttachUserPolicy", user("iam-sorry/sue-etl"), {"iam:PolicyARN": ALLOWED[0]}, "Allow"),
+        ("iam:DeleteUser", user("iam-sorry/sue-etl"), owned("sue"), "Allow"),
+        ("iam:DeleteUser", user("iam-sorry/sue-etl"), {}, "ImplicitDeny"),  # only what the namespace owns
+        ("iam:DeleteUser", user("iam-sorry/sue-x/bob-y"), owned("sue"), "Deny"),  # nothing below the path
+        ("iam:DeleteUser", user("iam-sorry/bob-etl"), owned("sue"), "ImplicitDeny"),
+        ("iam:AttachUserPolicy", user("iam-sorry/sue-etl"), {"iam:PolicyARN": ALLOWED[0], **owned("sue")}, "Allow"),
+        ("iam:AttachUserPolicy", user("iam-sorry/sue-etl"), {"iam:PolicyARN": ALLOWED[0]}, "ImplicitDeny"),
+        ("iam:AttachUserPolicy", user("iam-sorry/sue-etl"), {"iam:PolicyARN": SUE_X, **owned("sue")}, "Allow"),
         (
             "iam:AttachUserPolicy",
             user("iam-sorry/sue-etl"),
-            {"iam:PolicyARN": f"arn:aws:iam::{ACCT}:policy/sue-x"},
-            "Allow",
-        ),
-        (
-            "iam:AttachUserPolicy",
-            user("iam-sorry/sue-etl"),
-            {"iam:PolicyARN": "arn:aws:iam::aws:policy/Admin"},
+            {"iam:PolicyARN": ADMIN_POLICY, **owned("sue")},
             "ImplicitDeny",
         ),
+        # no delegation through the service: never a user of another namespace
+        ("iam:CreateUser", user("iam-sorry/ann-x"), {**_created_by("sue@" + REALM), **ANN_OWNED}, "ImplicitDeny"),
+        ("iam:DetachRolePolicy", role("iam-sorry-sue-x"), {"iam:PolicyARN": ADMIN_POLICY}, "ImplicitDeny"),
+        ("iam:DetachRolePolicy", role("iam-sorry-sue-x"), {"iam:PolicyARN": ALLOWED[0]}, "Allow"),
+        ("iam:AttachRolePolicy", role("iam-sorry-sue-x/other"), {"iam:PolicyARN": ALLOWED[0]}, "Deny"),
         ("iam:AttachUserPolicy", user("bob"), {"iam:PolicyARN": ALLOWED[0]}, "ImplicitDeny"),
         ("iam:AttachRolePolicy", role("iam-sorry-sue-x"), {"iam:PolicyARN": ALLOWED[0]}, "Allow"),
         ("iam:AttachRolePolicy", role("iam-sorry-bob-x"), {"iam:PolicyARN": ALLOWED[0]}, "ImplicitDeny"),
