@@ -6,6 +6,7 @@ token) beside Kerberos, and an SSH-only server.  One server per module."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sqlite3
@@ -227,16 +228,32 @@ def test_a_challenge_is_good_once_and_only_while_young(monkeypatch: pytest.Monke
     monkeypatch.setattr(iamsorry, "now", lambda: clock[0])
     state = iamsorry.SignInState(challenge_seconds=60, token_seconds=600)
     first, second = state.challenge("localhost"), state.challenge("localhost")
-    assert first and second and first != second and first.startswith("iam-sorry login v1 localhost ")
-    assert state.redeem(first) and not state.redeem(first)  # one-time use
-    assert not state.redeem(first.replace("v1", "v2")) and not state.redeem("")
+    assert first != second and first.startswith("iam-sorry login v1 localhost ")
+    body = state.issued(first)
+    assert body is not None and state.spend(body) and not state.spend(body)  # one-time use
+    assert state.issued(first) is None
+    tag = second.rsplit(" ", 1)[1]
+    raw = base64.urlsafe_b64decode(tag)
+    forgeries = [
+        second.replace("localhost", "evil.example.org"),  # the host is under the MAC
+        iamsorry.SignInState(60, 600).challenge("localhost"),  # another worker's (or instance's)
+        second[:-2] + ("AA" if second[-2:] != "AA" else "BB"),
+        second.replace(tag, base64.b64encode(raw).decode()) if "-" in tag or "_" in tag else second + " ",
+        second.replace("v1", "v2"),
+        "",
+        "iam-sorry login v1 localhost " + "A" * 64,
+    ]
+    assert [state.issued(f) for f in forgeries] == [None] * len(forgeries)
+    for _ in range(1000):
+        state.challenge("localhost")
+    assert len(state._spent) == 1  # issuing stores nothing: a flood of requests fills no memory
     clock[0] += 61
-    assert not state.redeem(second)  # too old
+    assert state.issued(second) is None  # too old
     key = iamsorry.SshKey(b"\0\0\0\x0bssh-ed25519")
     token = state.issue(SUE, "sue", key)
     assert state.session(token) is not None and state.session(token + "x") is None
     clock[0] += 601
-    assert state.session(token) is None
+    assert state.session(token) is None and len(state._spent) == 0
     assert token not in repr(state.__dict__)  # kept by its hash only
 
 
