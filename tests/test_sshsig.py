@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +371,15 @@ def test_ssh_keygen_signs_in_and_the_token_works_beside_kerberos(
     assert status == 200 and doc["principal"] == ANN, doc
 
 
+def test_concurrent_replays_of_one_signature_give_one_token(svc: servicekit.Service, keys: dict[str, Path]) -> None:
+    text = challenge(svc)
+    body = {"challenge": text, "signature": keygen_sign(keys["ed25519"], text.encode())}
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post(svc, "/v1/login/ssh", body), range(8)))
+    assert sorted(status for status, _, _ in answers) == [200] + [401] * 7
+    SHOWN.extend(doc["token"] for status, _, doc in answers if status == 200)
+
+
 def test_every_refused_sign_in_is_a_clear_4xx_and_no_token(svc: servicekit.Service, keys: dict[str, Path]) -> None:
     cases = [
         (sign_in(svc, keys["ed25519"], principal=ANN), 401, f"may not sign in as {ANN}"),
@@ -480,7 +490,13 @@ def test_a_service_with_ssh_keys_alone(
     alone = servicekit.sibling(svc, tmp_path_factory.mktemp("ssh-only") / "svc")
     text = "".join(ln + "\n" for ln in alone.config.read_text().splitlines() if not ln.startswith("keytab"))
     alone.config.write_text(text.replace("[service]\n", '[service]\nallowed_signers = "allowed_signers"\n', 1))
-    (alone.folder / "allowed_signers").write_text((svc.folder / "allowed_signers").read_text())
+    good = (svc.folder / "allowed_signers").read_text()
+    (alone.folder / "allowed_signers").write_text(
+        good + f'sue@{REALM} namespaces="iam-sorry",no-touch-required {public(keys["other"])}\n'
+    )
+    failed = run_cli("serve", "--config", str(alone.config), "--check", env=alone.server_env())
+    assert_clean_error(failed, "allowed_signers:7: unsupported option 'no-touch-required'")
+    (alone.folder / "allowed_signers").write_text(good)
     check = run_cli("serve", "--config", str(alone.config), "--check", env=alone.server_env())
     assert check.returncode == 0, check.stderr
     assert "✓ Kerberos sign-in: off (no keytab)\n" in check.stdout
