@@ -462,3 +462,6 @@ def test_the_acceptor_refuses_what_it_must(krb_realm: Any, monkeypatch: pytest.M
     with pytest.raises(iamsorry.Unauthorized, match="not a person"):
         iamsorry.local_user("HTTP/localhost@IAMSORRY.TEST", [krb_realm.realm])
     assert iamsorry.split_principal("a\\@b@R") == ("a\\@b", "R")
+    # The home realm's people by their short names; another realm's never pass for them.
+    assert iamsorry.local_user("sue@HOME.EDU", ["HOME.EDU", "OTHER.EDU"]) == "sue"
+    assert iamsorry.local_user("sue@OTHER.EDU", ["HOME.EDU", "OTHER.EDU"]) == "sue@OTHER.EDU"
