@@ -272,3 +272,52 @@ def test_the_cached_eval_path_stays_light_with_a_broker_configured(private_home:
     out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_client_follows_no_redirect(svc: servicekit.Service, tmp_path: Path) -> None:
+    """A broker that answers 302 (to plain http, on another port) gets no
+    second request: the Negotiate header never travels on."""
+    import http.server
+    import ssl
+    import threading
+
+    followed: list[str] = []
+
+    class Elsewhere(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            followed.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    elsewhere = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Elsewhere)
+    target = f"http://127.0.0.1:{elsewhere.server_address[1]}/v1/whoami"
+
+    class Redirects(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    _, cert, key = servicekit.make_tls(tmp_path)
+    broker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirects)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    broker.socket = context.wrap_socket(broker.socket, server_side=True)
+    env = {**env_of(svc), "IAM_SORRY_CA_BUNDLE": str(tmp_path / "ca.pem")}
+    servers = [threading.Thread(target=s.serve_forever, daemon=True) for s in (broker, elsewhere)]
+    for thread in servers:
+        thread.start()
+    try:
+        url = f"https://localhost:{broker.server_address[1]}"
+        assert_clean_error(run_cli("--broker", url, "--whoami", env=env), "follows no redirects")
+    finally:
+        for server in (broker, elsewhere):
+            server.shutdown()
+            server.server_close()
+    assert followed == []
