@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -222,7 +223,7 @@ def test_agent_socket_gone(private_home: Path, ed25519: Path, agent) -> None:
     _creds(private_home)
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     agent.stop()
-    time.sleep(0.2)
+    assert agent.wait_gone(), f"ssh-agent {agent.pid} still runs after SIGTERM"
     assert_clean_error(run_cli("--eval", "sue-mgr"), "is gone")
 
 
@@ -301,3 +302,79 @@ def test_encrypt_refuses_default_with_the_seed_message(private_home: Path, ed255
     _creds(private_home, "[default]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
     assert_clean_error(run_cli("--profile", "default", "--encrypt"), "Cannot encrypt 'default' profile")
     assert_clean_error(run_cli("--encrypt", env={"AWS_PROFILE": "default"}), "Cannot encrypt 'default' profile")
+
+
+# -- known-answer vectors: the sealed format, pinned ---------------------------
+VECTORS = Path(__file__).resolve().parent / "vectors"
+KAT = json.loads((VECTORS / "sealed.json").read_text())["vectors"]
+# Written out here, not read from the script: a changed challenge re-keys every sealed file.
+KDF_CHALLENGE = b"iam-sorry/v2 key derivation"
+
+
+def _vector_secret(name: str) -> bytes:
+    """The signature of the challenge, made here from the committed private key
+    with cryptography alone (Ed25519 and PKCS#1 v1.5 are deterministic)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+    key = serialization.load_ssh_private_key((VECTORS / name).read_bytes(), PASSPHRASE.encode())
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(KDF_CHALLENGE)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
+    return key.sign(KDF_CHALLENGE, padding.PKCS1v15(), hashes.SHA256())
+
+
+@pytest.mark.parametrize("name", sorted(KAT))
+def test_known_answer_vectors_open_forever(name: str) -> None:
+    """Values sealed by 0.3.0 open with the committed key; a change to the KDF,
+    HKDF info, AAD or byte layout that would strand yesterday's files fails here."""
+    vector = KAT[name]
+    pub = iamsorry._read_pub(str(VECTORS / name))
+    assert pub is not None and pub.fingerprint == vector["fingerprint"]
+    secret = _vector_secret(name)
+    for field, plain in vector["plaintext"].items():
+        sealed = vector["sealed"][field]
+        assert sealed.startswith("__encrypted__:v2:" + vector["fingerprint"][len("SHA256:") :] + ":")
+        assert iamsorry.sealed_fingerprint(sealed) == vector["fingerprint"]
+        assert iamsorry.open_sealed(sealed, field, secret) == plain
+
+
+@pytest.mark.parametrize("name", sorted(KAT))
+def test_known_answer_vectors_open_through_the_cli_and_a_real_agent(
+    private_home: Path, ssh_dir: Path, agent, name: str
+) -> None:
+    vector = KAT[name]
+    key = ssh_dir / name
+    shutil.copy(VECTORS / name, key)
+    shutil.copy(VECTORS / f"{name}.pub", f"{key}.pub")
+    key.chmod(0o600)  # git does not keep modes; ssh-add refuses a readable key
+    agent.add(key)
+    sealed = "".join(f"{field} = {value}\n" for field, value in vector["sealed"].items())
+    _creds(private_home, f"[vec]\n{sealed}")
+    proc = run_cli("--show-decrypted", "vec", "--ssh-key", str(key))
+    plain = "".join(f"{field} = {value}\n" for field, value in vector["plaintext"].items())
+    assert (proc.returncode, proc.stdout) == (0, f"[vec]\n{plain}"), proc.stderr
+
+
+def test_two_seals_of_one_value_differ_in_salt_nonce_and_ciphertext() -> None:
+    fp, secret = KAT["ed25519"]["fingerprint"], b"\x07" * 64
+    values = [iamsorry.seal("the same secret", "aws_secret_access_key", fp, secret) for _ in range(2)]
+    first, second = (base64.b64decode(v.rsplit(":", 1)[1]) for v in values)
+    assert len(first) == len(second) == 16 + 12 + len("the same secret") + 16
+    assert first[:16] != second[:16], "salt reused"
+    assert first[16:28] != second[16:28], "nonce reused"
+    assert first[28:] != second[28:], "ciphertext repeated"
+    assert [iamsorry.open_sealed(v, "aws_secret_access_key", secret) for v in values] == ["the same secret"] * 2
+
+
+def test_a_value_relabelled_with_another_keys_fingerprint_fails() -> None:
+    """The fingerprint is bound into the AAD: claiming a value for another
+    key fails with that key's secret and with the original one."""
+    ed, rsa, mine = KAT["ed25519"]["fingerprint"], KAT["rsa3072"]["fingerprint"], _vector_secret("ed25519")
+    sealed = iamsorry.seal("sue's secret", "aws_secret_access_key", ed, mine)
+    assert iamsorry.open_sealed(sealed, "aws_secret_access_key", mine) == "sue's secret"
+    relabelled = sealed.replace(ed[7:], rsa[7:])
+    assert iamsorry.sealed_fingerprint(relabelled) == rsa
+    for secret in (_vector_secret("rsa3072"), mine):
+        with pytest.raises(iamsorry.CryptoError, match="integrity check"):
+            iamsorry.open_sealed(relabelled, "aws_secret_access_key", secret)
