@@ -160,14 +160,47 @@ def test_credentials_created_0600_and_config_keeps_its_mode(private_home: Path) 
     assert "[profile sue]\nregion = eu-west-1\n" in cfg.read_text()
 
 
-def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666])
+def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path, mode: int) -> None:
     path = creds_file(private_home)
     path.write_text("[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
-    os.chmod(path, 0o644)
+    os.chmod(path, mode)
     proc = run_cli("--fix-profiles")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("tightened to 600") == 1
+    assert proc.stderr.count(f"was mode {mode:o}; tightened to 600") == 1
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_new_credentials_file_is_private_from_its_creation(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With umask 000 nothing hides a wide creation mode: every file the store
+    creates (temp file, lock) must be 0600 the instant it exists, not after a
+    later chmod or _tighten."""
+    created: dict[str, int] = {}
+    real_open = os.open
+
+    def spy(path: str, flags: int, mode: int = 0o777, *args: object, **kw: object) -> int:
+        fd = real_open(path, flags, mode, *args, **kw)  # type: ignore[arg-type]
+        if flags & os.O_CREAT:
+            created[os.path.basename(path)] = stat.S_IMODE(os.fstat(fd).st_mode)
+        return fd
+
+    old_umask = os.umask(0)
+    try:
+        monkeypatch.setattr(os, "open", spy)
+        iamsorry.update_profile_credentials(
+            "sue",
+            {"AccessKeyId": "ASIAAAAAAAAAAAAAAAA1", "SecretAccessKey": "s", "SessionToken": "t", "Expiration": None},
+            "sue",
+        )
+    finally:
+        os.umask(old_umask)
+    temps = [name for name in created if name.startswith(".credentials.") and name.endswith(".tmp")]
+    assert len(temps) == 1 and "credentials.lock" in created, created
+    assert {name: created[name] for name in (*temps, "credentials.lock")} == dict.fromkeys(
+        (*temps, "credentials.lock"), 0o600
+    )
+    assert stat.S_IMODE((private_home / ".aws").stat().st_mode) == 0o700
+    assert stat.S_IMODE((private_home / ".aws" / "credentials").stat().st_mode) == 0o600
 
 
 def test_symlinked_credentials_file_keeps_its_link(private_home: Path, tmp_path: Path) -> None:
@@ -181,11 +214,18 @@ def test_symlinked_credentials_file_keeps_its_link(private_home: Path, tmp_path:
     assert "[b]" in real.read_text()
 
 
-def test_env_paths_are_honoured(private_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "c"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "cfg"))
-    assert iamsorry.get_aws_credentials_path() == str(tmp_path / "c")
-    assert iamsorry.get_aws_config_path() == str(tmp_path / "cfg")
+def test_env_paths_are_honoured_by_the_store_and_the_cli(private_home: Path, tmp_path: Path) -> None:
+    creds, cfg = tmp_path / "elsewhere" / "c", tmp_path / "elsewhere" / "cfg"
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_CONFIG_FILE": str(cfg)}
+    creds.parent.mkdir()
+    creds.write_text("[svc]\naws_access_key_id = AKIASVCSVCSVCSVCSVC1\naws_secret_access_key = s\n")
+    creds.chmod(0o600)
+    proc = run_cli("--add-process-profile", "svc", env=env)  # writes the config file
+    assert proc.returncode == 0, proc.stderr
+    assert "[profile svc-auto]" in cfg.read_text()
+    assert "AKIASVCSVCSVCSVCSVC1" in run_cli("--eval", "svc", "--shell", "sh", env=env).stdout
+    assert (tmp_path / "elsewhere" / "c.lock").exists()  # the lock sits next to the file it guards
+    assert not (private_home / ".aws").exists()  # ~/.aws was never read, written or locked
 
 
 _WRITER = """
@@ -210,12 +250,21 @@ def test_fifty_parallel_writers_lose_nothing(private_home: Path) -> None:
 
 
 _LOOPER = """
-import importlib.machinery, sys, itertools
+import importlib.machinery, itertools, os, sys
 m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()
+real_open, real_replace = os.open, os.replace
+def spy_open(path, *args, **kw):
+    if str(path).endswith('.tmp'):
+        os.write(1, b'c')  # a temp file is about to exist: a write is under way
+    return real_open(path, *args, **kw)
+def spy_replace(*args):
+    real_replace(*args)
+    os.write(1, b'r')  # renamed into place: the write is done
+os.open, os.replace = spy_open, spy_replace
 print('ready', flush=True)
 for i in itertools.count():
-    m.update_profile_credentials('churn', {'AccessKeyId': 'ASIACHURN%016d' % i, 'SecretAccessKey': 'x' * (i % 300),
-        'SessionToken': 't' * (i % 500), 'Expiration': '2030-01-01T00:00:00Z'}, 'churn')
+    m.update_profile_credentials('churn', {'AccessKeyId': 'ASIACHURN%011d' % i, 'SecretAccessKey': 'x' * (i % 300),
+        'SessionToken': 't' * (1 + i % 500), 'Expiration': '2030-01-01T00:00:00Z'}, 'churn')
 """
 
 
@@ -226,17 +275,20 @@ def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> No
     )
     path.write_text(keep)
     rng = random.Random(1234)
+    mid_write = 0  # kills that landed between a temp file's creation and its rename
     for _ in range(100):
         proc = subprocess.Popen([sys.executable, "-c", _LOOPER, str(SCRIPT)], stdout=subprocess.PIPE)
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         time.sleep(rng.uniform(0, 0.03))
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        assert proc.wait() == -signal.SIGKILL  # it was still writing, not dead of an error
+        mid_write += proc.stdout.read().endswith(b"c")
         profiles = iamsorry.read_aws_credentials()
         assert {f"keep{i}" for i in range(20)} <= set(profiles)
         assert path.read_text().startswith(keep)
+    assert mid_write >= 5, f"only {mid_write} of 100 kills landed during a write: the test proved little"
     leftovers = [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-    assert len(leftovers) <= 100  # a kill between create and rename may leave a temp file, never a broken store
+    assert len(leftovers) <= mid_write  # a kill mid-write may leave its temp file, never a broken store
 
 
 def test_lock_times_out_with_a_message_naming_the_lock(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
