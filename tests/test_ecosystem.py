@@ -11,7 +11,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REGION, FakeAws, assert_clean_error, creds_file, iamsorry, require_program, run_cli
+from conftest import (
+    REGION,
+    FakeAws,
+    assert_clean_error,
+    creds_file,
+    exported,
+    hand_over,
+    iamsorry,
+    require_program,
+    run_cli,
+)
 
 HOSTILE_SECRET = 'it\'s $(touch PWNED1) `touch PWNED2` "dq" !bang \\back;semi $HOME\tend'
 HOSTILE_TOKEN_LINES = ["first'line $(touch PWNED3)", "second `touch PWNED4` line!"]
@@ -157,14 +167,21 @@ def test_quiet_silences_all_but_errors(manager: FakeAws) -> None:
     assert_clean_error(run_cli("bob", "--quiet"), "outside your namespace")
 
 
-def test_messages_mask_access_key_ids(manager: FakeAws) -> None:
+def test_messages_mask_access_key_ids(aws: FakeAws, ed25519: Path) -> None:
+    """Bootstrap names both keys it handles; it must name them masked.  (Every
+    run_cli also scans all it prints for an unmasked id.)"""
     assert iamsorry.mask_key_id("AKIAIOSFODNN7EXAMPLE") == "AKIA…MPLE"
     assert iamsorry.mask_key_id("ASIAIOSFODNN7EXAMPLE") == "ASIA…MPLE"
-    proc = run_cli("sue", env={"NO_COLOR": "1"})
-    keys = [k for k in manager.key_status("sue-mgr")] + [manager.profiles()["sue"]["aws_access_key_id"]]
-    for key in keys:
-        assert key not in proc.stderr
-    assert "\033[" not in proc.stderr
+    key = hand_over()
+    boot = run_cli(env={**exported(key), "NO_COLOR": "1"})
+    assert boot.returncode == 0, boot.stderr
+    (new_key,) = set(aws.key_status("sue-mgr")) - {key[0]}
+    minted = aws.profiles()["sue"]["aws_access_key_id"]
+    for key_id in (key[0], new_key):
+        assert iamsorry.mask_key_id(key_id) in boot.stderr  # named, so the check below means something
+    for key_id in (key[0], new_key, minted):
+        assert key_id not in boot.stdout + boot.stderr
+    assert "\033[" not in boot.stderr
 
 
 def test_process_profile_quotes_a_path_with_spaces(private_home: Path, tmp_path: Path) -> None:
