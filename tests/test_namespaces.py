@@ -1,0 +1,64 @@
+"""Namespaces of managers whose names have several dashes: the prefix is the
+name before the FIRST dash (sue-team-mgr manages sue, sue-*)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import FakeAws, assert_clean_error, exported, iamsorry, parse_handover, run_cli
+
+
+@pytest.mark.parametrize(
+    ("manager", "prefix"),
+    [("sue-mgr", "sue"), ("sue-team-mgr", "sue"), ("a-b-c", "a"), ("a-b", "a"), ("x-y-z-w", "x")],
+)
+def test_prefix_is_the_name_before_the_first_dash(manager: str, prefix: str) -> None:
+    assert iamsorry.namespace_prefix(manager) == prefix
+
+
+@pytest.mark.parametrize("name", ["sue", "sue-team", "sue-x", "sue-team-x", "sue-team-mgr-2"])
+def test_a_multi_dash_manager_manages_its_whole_namespace(name: str) -> None:
+    iamsorry.check_namespace(name, "sue-team-mgr")
+
+
+@pytest.mark.parametrize(
+    ("name", "needle"),
+    [
+        ("team-x", "outside your namespace"),
+        ("suex", "outside your namespace"),
+        ("su", "outside your namespace"),
+        ("sue-team-mgr", "the manager itself"),
+        ("Sue-Team-Mgr", "the manager itself"),
+    ],
+)
+def test_a_multi_dash_manager_is_refused_outside_it(name: str, needle: str) -> None:
+    with pytest.raises(iamsorry.NamespaceError, match=needle) as err:
+        iamsorry.check_namespace(name, "sue-team-mgr")
+    if "outside" in needle:
+        assert "(prefix 'sue')" in str(err.value)
+
+
+def test_delegation_compares_first_dash_prefixes() -> None:
+    assert iamsorry.delegated_away({"owner": "sue"}, "sue") is None
+    assert iamsorry.delegated_away({"owner": "dirk"}, "sue") == "dirk"
+    assert iamsorry.delegated_away({}, "sue") is None
+
+
+def test_manager_a_b_c_end_to_end(aws: FakeAws, ed25519: Path) -> None:
+    """The administrator creates a-b-c; its namespace is a, a-*."""
+    made = run_cli("--profile", "aws-admin", "--create-iam-sorry", "a-b-c")
+    assert made.returncode == 0, made.stderr
+    assert "namespace a, a-*" in made.stdout
+    policies = aws.client("iam").list_user_policies(UserName="a-b-c")["PolicyNames"]
+    assert policies == ["iam-sorry-a"]
+    boot = run_cli(env=exported(parse_handover(made.stdout)))
+    assert boot.returncode == 0, boot.stderr
+    assert aws.whoami(aws.profiles()["a"]).endswith(":user/a")  # the base user is the prefix
+    for name in ("a-b", "a-x-y"):
+        proc = run_cli(name)
+        assert proc.returncode == 0, proc.stderr
+        assert aws.whoami(aws.profiles()[name]).endswith(f":user/{name}")
+    for name in ("b-x", "ab"):
+        assert_clean_error(run_cli(name), "outside your namespace", "prefix 'a'")
+    assert_clean_error(run_cli("a-b-c"), "the manager itself")
