@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # Section banner title (its start) -> the tests that exercise it.
 SECTIONS = {
     "crypto": ("Crypto: HKDF / AES-GCM", ["tests/test_crypto.py"]),
-    "store": ("Profile store:", ["tests/test_store.py"]),
+    # Without the slow concurrency tests (random kills, 50 writers) and those
+    # that need a manager in moto: each mutant then costs seconds, not half a minute.
+    "store": ("Profile store:", ["tests/test_store.py", "-k", "not (random_points or fifty_parallel or manager)"]),
     "namespaces": (
         "Namespaces and policies",
         [
