@@ -295,7 +295,8 @@ def test_three_wrong_passphrases_give_up(private_home: Path, ed25519: Path) -> N
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     status, shown = run_in_pty(["--show-decrypted", "sue-mgr"], env, ["a", "b", "c"])
     assert status != 0
-    assert "wrong passphrase" in shown and "Traceback" not in shown
+    assert "wrong passphrase for" in shown and "(3 attempts)" in shown and "Traceback" not in shown
+    assert shown.count("Wrong passphrase, try again.") == 2  # after the third, no "try again"
 
 
 def test_encrypt_refuses_default_with_the_seed_message(private_home: Path, ed25519: Path) -> None:
@@ -378,3 +379,31 @@ def test_a_value_relabelled_with_another_keys_fingerprint_fails() -> None:
     for secret in (_vector_secret("rsa3072"), mine):
         with pytest.raises(iamsorry.CryptoError, match="integrity check"):
             iamsorry.open_sealed(relabelled, "aws_secret_access_key", secret)
+
+
+def test_unreadable_key_file_is_an_ssh_key_error(tmp_path: Path) -> None:
+    with pytest.raises(iamsorry.SshKeyError, match="cannot read SSH key"):
+        iamsorry._load_private_key(str(tmp_path / "no-such-key"), KAT["ed25519"]["fingerprint"])
+
+
+def test_the_agent_signs_with_the_key_that_sealed_the_value(
+    private_home: Path, ssh_dir: Path, agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An agent holding several keys: the one whose fingerprint the value
+    names signs, whatever the order the agent lists them in."""
+    for name in ("rsa3072", "ed25519"):  # the other key first
+        key = ssh_dir / name
+        shutil.copy(VECTORS / name, key)
+        key.chmod(0o600)
+        agent.add(key)
+    for name in ("ed25519", "rsa3072"):
+        iamsorry.forget_secrets()
+        assert iamsorry.key_secret(KAT[name]["fingerprint"]) == _vector_secret(name)
+
+
+@pytest.mark.parametrize(("size", "error"), [(16 + 12 + 16 - 1, "too short"), (16 + 12 + 16, "integrity check")])
+def test_sealed_blob_shorter_than_salt_nonce_and_tag_is_corrupt(size: int, error: str) -> None:
+    fp = KAT["ed25519"]["fingerprint"]
+    value = f"__encrypted__:v2:{fp[7:]}:" + base64.b64encode(b"\x01" * size).decode()
+    with pytest.raises(iamsorry.CryptoError, match=error):
+        iamsorry.open_sealed(value, "aws_access_key_id", b"\x07" * 64)
