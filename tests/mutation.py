@@ -83,8 +83,9 @@ def annotation_spans(script: str) -> list[tuple[tuple[int, int], tuple[int, int]
     return spans
 
 
-def skip_annotation_mutants(db: Path, script: str) -> int:
-    """Record mutants inside annotations as skipped (equivalent) before exec."""
+def skip_mutants(db: Path, script: str, shard: int, shards: int) -> int:
+    """Before exec, record as skipped the mutants inside annotations
+    (equivalent) and those of other shards; return how many are equivalent."""
     import sqlite3
 
     spans = annotation_spans(script)
@@ -92,15 +93,18 @@ def skip_annotation_mutants(db: Path, script: str) -> int:
     with con:
         rows = con.execute(
             "SELECT m.job_id, m.start_pos_row, m.start_pos_col FROM mutation_specs m "
-            "LEFT JOIN work_results r ON r.job_id = m.job_id WHERE r.job_id IS NULL"
+            "LEFT JOIN work_results r ON r.job_id = m.job_id WHERE r.job_id IS NULL "
+            "ORDER BY m.start_pos_row, m.start_pos_col, m.operator_name, m.occurrence"  # job ids are random
         ).fetchall()
-        skip = [job for job, row, col in rows if any(a <= (row, col) < b for a, b in spans)]
+        equivalent = [job for job, row, col in rows if any(a <= (row, col) < b for a, b in spans)]
+        others = [job for n, (job, _, _) in enumerate(rows) if n % shards != shard - 1 and job not in equivalent]
         con.executemany(
             "INSERT INTO work_results (job_id, worker_outcome, output) VALUES (?, 'SKIPPED', ?)",
-            [(job, "equivalent: inside an annotation, never evaluated") for job in skip],
+            [(job, "equivalent: inside an annotation, never evaluated") for job in equivalent]
+            + [(job, f"another shard than {shard}/{shards}") for job in others],
         )
     con.close()
-    return len(skip)
+    return len(equivalent)
 
 
 def config(work: Path, first: int, last: int, tests: list[str]) -> str:
@@ -121,7 +125,7 @@ def config(work: Path, first: int, last: int, tests: list[str]) -> str:
     return (
         "[cosmic-ray]\n"
         f'module-path = "{module}"\n'
-        "timeout = 300.0\n"
+        "timeout = 90.0\n"  # a mutant that makes a test wait on a lock is killed, not waited for
         "excluded-modules = []\n"
         f"test-command = {shlex.join(command)!r}\n"
         "\n[cosmic-ray.distributor]\n"
@@ -141,8 +145,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("section", choices=sorted(SECTIONS))
     parser.add_argument("--report", action="store_true", help="only print the report of the last run")
+    parser.add_argument("--shard", default="1/1", help="I/N: run every Nth mutant from the Ith (two at once: 1/2, 2/2)")
     args = parser.parse_args()
-    work = ROOT / "build" / "mutation" / args.section
+    shard, shards = (int(n) for n in args.shard.split("/"))
+    work = ROOT / "build" / "mutation" / (args.section if shards == 1 else f"{args.section}-{shard}of{shards}")
     toml, db = work / "cosmic-ray.toml", work / "session.sqlite"
     if not args.report:
         title, tests = SECTIONS[args.section]
@@ -157,7 +163,7 @@ def main() -> int:
         run("cosmic-ray", "init", str(toml), str(db))
         run("cr-filter-lines", "--config", str(toml), str(db))
         run("cr-filter-operators", str(db), str(toml))
-        print(f"{skip_annotation_mutants(db, script)} mutants inside annotations skipped as equivalent")
+        print(f"{skip_mutants(db, script, shard, shards)} mutants inside annotations skipped as equivalent")
         run("cosmic-ray", "baseline", str(toml))
         run("cosmic-ray", "exec", str(toml), str(db))
     run("cr-report", "--show-pending", str(db))
