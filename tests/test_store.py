@@ -394,3 +394,65 @@ def test_profile_is_a_case_insensitive_mapping_on_every_path(private_home: Path)
     with pytest.raises(KeyError):
         profile[1]  # type: ignore[index]
     assert "AKIA" not in repr(profile)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("[a]\nk = 1", "[a]\nk = 1\n\n[b]\nx = y\n"),  # no final newline
+        ("[a]\nk = 1\n", "[a]\nk = 1\n\n[b]\nx = y\n"),
+        ("[a]\nk = 1\n\n", "[a]\nk = 1\n\n[b]\nx = y\n"),  # already a blank line: no second one
+        ("", "[b]\nx = y\n"),
+    ],
+)
+def test_a_new_section_is_separated_by_exactly_one_blank_line(before: str, after: str) -> None:
+    ini = iamsorry.IniFile("f", before)
+    ini.set("b", {"x": "y"})
+    assert ini.text() == after
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("[a]\nk = 1", "[a]\nk = 1\nnew = v\n"),  # no final newline
+        ("[a]\nk = 1\n[b]\n", "[a]\nk = 1\nnew = v\n[b]\n"),
+        ("[a]\ntok = x\n    more\n[b]\n", "[a]\ntok = x\n    more\nnew = v\n[b]\n"),  # after a continuation
+    ],
+)
+def test_a_new_key_goes_after_the_sections_last_line(before: str, after: str) -> None:
+    ini = iamsorry.IniFile("f", before)
+    ini.set("a", {"new": "v"})
+    assert ini.text() == after
+    assert ini.get("a") == {**(iamsorry.IniFile("g", before).get("a") or {}), "new": "v"}
+
+
+def test_a_profile_only_in_config_says_so(private_home: Path) -> None:
+    creds_file(private_home).write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    (private_home / ".aws" / "config").write_text("[profile cfg]\nregion = eu-west-1\n")
+    store = iamsorry.Store().load()
+    with pytest.raises(iamsorry.ProfileNotFound, match=r"\(only in config\)"):
+        store.require("cfg")
+    with pytest.raises(iamsorry.ProfileNotFound) as err:
+        store.require("ghost")
+    assert "only in config" not in str(err.value)
+
+
+def test_an_unreadable_credentials_file_is_a_store_error(private_home: Path) -> None:
+    path = creds_file(private_home)
+    path.symlink_to(path.name)  # a link to itself: open() fails with ELOOP, even for root
+    with pytest.raises(iamsorry.StoreError, match="cannot read"):
+        iamsorry.read_aws_credentials()
+
+
+def test_a_failed_edit_releases_the_lock(private_home: Path) -> None:
+    path = creds_file(private_home)
+    path.write_text("[a]\nthis line is nonsense\n")
+    with pytest.raises(iamsorry.StoreError), iamsorry.Store().edit():
+        pass
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"  # raises if still held
+    )
+    lock = str(path) + ".lock"
+    assert subprocess.run([sys.executable, "-c", probe, lock], capture_output=True).returncode == 0
