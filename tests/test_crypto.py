@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -386,19 +387,85 @@ def test_unreadable_key_file_is_an_ssh_key_error(tmp_path: Path) -> None:
         iamsorry._load_private_key(str(tmp_path / "no-such-key"), KAT["ed25519"]["fingerprint"])
 
 
+def _vector_keys(folder: Path, *names: str) -> dict[str, Path]:
+    """Copies of the committed vector keys (and .pub), mode 0600 as ssh-add wants."""
+    out = {}
+    for name in names:
+        key = folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(VECTORS / name, key)
+        shutil.copy(VECTORS / f"{name}.pub", f"{key}.pub")
+        key.chmod(0o600)
+        out[name] = key
+    return out
+
+
+@pytest.mark.parametrize("order", [("rsa3072", "ed25519"), ("ed25519", "rsa3072")])
 def test_the_agent_signs_with_the_key_that_sealed_the_value(
-    private_home: Path, ssh_dir: Path, agent, monkeypatch: pytest.MonkeyPatch
+    private_home: Path, ssh_dir: Path, agent, order: tuple[str, str]
 ) -> None:
     """An agent holding several keys: the one whose fingerprint the value
     names signs, whatever the order the agent lists them in."""
-    for name in ("rsa3072", "ed25519"):  # the other key first
-        key = ssh_dir / name
-        shutil.copy(VECTORS / name, key)
-        key.chmod(0o600)
+    for key in _vector_keys(ssh_dir, *order).values():
         agent.add(key)
-    for name in ("ed25519", "rsa3072"):
+    for name in order:
         iamsorry.forget_secrets()
         assert iamsorry.key_secret(KAT[name]["fingerprint"]) == _vector_secret(name)
+
+
+def test_without_an_agent_a_key_file_of_another_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = _vector_keys(tmp_path, "ed25519", "rsa3072")
+    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
+    for wanted, other in (("ed25519", "rsa3072"), ("rsa3072", "ed25519")):
+        fp = KAT[wanted]["fingerprint"]
+        not_it = re.escape(f"and {keys[other]} is not the key {fp}")
+        with pytest.raises(iamsorry.AgentError, match="no ssh-agent.*" + not_it):
+            iamsorry.key_secret(fp, str(keys[other]))
+        # the file alone, its .pub gone: the passphrase would be asked, and there is no terminal
+        os.rename(f"{keys[other]}.pub", f"{keys[other]}.pub.away")
+        no_tty = re.escape(f"no terminal to ask for the passphrase of {keys[other]}")
+        with pytest.raises(iamsorry.AgentError, match=no_tty):
+            iamsorry.key_secret(fp, str(keys[other]))
+        os.rename(f"{keys[other]}.pub.away", f"{keys[other]}.pub")
+        monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
+        with pytest.raises(iamsorry.SshKeyError, match=re.escape(f"is not the key {fp}")):
+            iamsorry._sign_locally(fp, str(keys[other]))
+
+
+def test_without_an_agent_the_default_key_path_is_used(
+    private_home: Path, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
+    with pytest.raises(iamsorry.AgentError, match=f"no terminal to ask for the passphrase of {ed25519}"):
+        iamsorry.key_secret(fp)
+
+
+def test_an_agent_failing_to_sign_falls_back_and_says_why(
+    private_home: Path, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: object, key: object, data: bytes) -> bytes:
+        raise iamsorry.AgentError("ssh-agent signed with ssh-rsa instead of rsa-sha2-256")
+
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    monkeypatch.setattr(iamsorry._Agent, "sign", broken)
+    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
+    with pytest.raises(iamsorry.AgentError, match="instead of rsa-sha2-256; and there is no terminal"):
+        iamsorry.key_secret(fp, str(ed25519))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("__encrypted__:v2::AAAA", "malformed"),  # no fingerprint
+        ("__encrypted__:v2:AAAA", "malformed"),  # no blob
+        ("__encrypted__:v2:FP:AAAA!AAAA", "bad base64"),  # valid once the ! is dropped
+    ],
+)
+def test_malformed_sealed_values_are_crypto_errors(value: str, error: str) -> None:
+    with pytest.raises(iamsorry.CryptoError, match=error):
+        iamsorry.open_sealed(value, "aws_access_key_id", b"\x07" * 64)
 
 
 @pytest.mark.parametrize(("size", "error"), [(16 + 12 + 16 - 1, "too short"), (16 + 12 + 16, "integrity check")])
