@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
+import re
 import signal
 import stat
 import subprocess
@@ -400,6 +402,7 @@ def test_profile_is_a_case_insensitive_mapping_on_every_path(private_home: Path)
     ("before", "after"),
     [
         ("[a]\nk = 1", "[a]\nk = 1\n\n[b]\nx = y\n"),  # no final newline
+        ("[a]\nk = 1\nj = 2", "[a]\nk = 1\nj = 2\n\n[b]\nx = y\n"),
         ("[a]\nk = 1\n", "[a]\nk = 1\n\n[b]\nx = y\n"),
         ("[a]\nk = 1\n\n", "[a]\nk = 1\n\n[b]\nx = y\n"),  # already a blank line: no second one
         ("", "[b]\nx = y\n"),
@@ -417,6 +420,8 @@ def test_a_new_section_is_separated_by_exactly_one_blank_line(before: str, after
         ("[a]\nk = 1", "[a]\nk = 1\nnew = v\n"),  # no final newline
         ("[a]\nk = 1\n[b]\n", "[a]\nk = 1\nnew = v\n[b]\n"),
         ("[a]\ntok = x\n    more\n[b]\n", "[a]\ntok = x\n    more\nnew = v\n[b]\n"),  # after a continuation
+        ("[a]\n[b]\nk = 1\n", "[a]\nnew = v\n[b]\nk = 1\n"),  # a section with no keys yet
+        ("# top\n[a]\nk = 1\n", "# top\n[a]\nk = 1\nnew = v\n"),
     ],
 )
 def test_a_new_key_goes_after_the_sections_last_line(before: str, after: str) -> None:
@@ -456,3 +461,60 @@ def test_a_failed_edit_releases_the_lock(private_home: Path) -> None:
     )
     lock = str(path) + ".lock"
     assert subprocess.run([sys.executable, "-c", probe, lock], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("line", ["aws_secret_access_key = x]y", "AWS_Secret_Access_Key = x]y", "Key: [a]b"])
+def test_a_value_with_brackets_is_not_a_section(line: str) -> None:
+    ini = iamsorry.IniFile("f", f"[a]\n{line}\n")
+    assert list(ini.sections) == ["a"]
+    key, value = (part.strip() for part in re.split("[=:]", line, maxsplit=1))
+    assert ini.get("a") == {key.lower(): value}
+
+
+_HOLD = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()\n"
+)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_waiting_writer_says_so_once_on_a_terminal(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lock = str(creds_file(private_home)) + ".lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, lock], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        screen = _Terminal()
+        monkeypatch.setattr(iamsorry.UI, "stream", screen)
+        with pytest.raises(iamsorry.StoreError, match="timed out"), iamsorry._StoreLock(lock, timeout=0.5):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert screen.getvalue().count(f"waiting for {lock} ...") == 1
+
+
+def test_a_file_that_cannot_be_tightened_is_left_without_a_claim(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone else's file, or one on a read-only mount: chmod fails; say nothing false, raise nothing."""
+    path = creds_file(private_home)
+    path.write_text("[a]\n")
+    path.chmod(0o644)
+
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(iamsorry.UI, "stream", sys.stderr)
+    with monkeypatch.context() as local:
+        local.setattr(os, "chmod", refuse)
+        iamsorry._tighten(str(path))
+    assert "tightened" not in capsys.readouterr().err
+    iamsorry._tighten(str(path))  # the control: chmod works, the claim is made
+    assert "tightened to 600" in capsys.readouterr().err
