@@ -474,3 +474,11 @@ def test_sealed_blob_shorter_than_salt_nonce_and_tag_is_corrupt(size: int, error
     value = f"__encrypted__:v2:{fp[7:]}:" + base64.b64encode(b"\x01" * size).decode()
     with pytest.raises(iamsorry.CryptoError, match=error):
         iamsorry.open_sealed(value, "aws_access_key_id", b"\x07" * 64)
+
+
+def test_a_legacy_value_with_stray_characters_does_not_open(ed25519: Path) -> None:
+    good = _legacy_seal("AKIAMANAGERKEY000001", ed25519)
+    assert iamsorry.open_legacy(good, str(ed25519)) == "AKIAMANAGERKEY000001"
+    stray = good[:30] + "!" + good[30:]
+    with pytest.raises(iamsorry.CryptoError, match="cannot open a 0.2.x sealed value"):
+        iamsorry.open_legacy(stray, str(ed25519))
