@@ -99,7 +99,7 @@ def _cleanup_leftover_keys(aws: FakeAws) -> int:
     return len(leftovers)
 
 
-def test_two_hundred_refreshers_killed_at_random_moments(manager: FakeAws) -> None:
+def test_refreshers_sigkilled_at_random_moments_never_break_the_store(manager: FakeAws) -> None:
     names, sealed = _decorate(manager.home)
     config_before = (manager.home / ".aws" / "config").read_text()
     rng = random.Random(20261124)
