@@ -199,7 +199,7 @@ def test_key_missing_from_agent_names_fingerprint(private_home: Path, ed25519: P
     other = make_key(private_home / "elsewhere", "other")
     agent.add(other)
     fp = iamsorry.resolve_ssh_key().fingerprint
-    assert_clean_error(run_cli("--eval", "sue-mgr"), f"the key {fp} is not in ssh-agent")
+    assert_clean_error(run_cli("--eval", "sue-mgr"), f"the key {fp} is not in ssh-agent (ssh-add {ed25519})")
 
 
 def test_locked_agent_has_its_own_message(private_home: Path, ed25519: Path, agent) -> None:
