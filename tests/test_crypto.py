@@ -297,6 +297,7 @@ def test_three_wrong_passphrases_give_up(private_home: Path, ed25519: Path) -> N
     status, shown = run_in_pty(["--show-decrypted", "sue-mgr"], env, ["a", "b", "c"])
     assert status != 0
     assert "wrong passphrase for" in shown and "(3 attempts)" in shown and "Traceback" not in shown
+    assert shown.count("Enter passphrase for") == 3
     assert shown.count("Wrong passphrase, try again.") == 2  # after the third, no "try again"
 
 
