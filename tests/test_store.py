@@ -114,6 +114,20 @@ def test_unchanged_store_is_not_rewritten(private_home: Path) -> None:
     assert path.stat().st_ino == inode
 
 
+def test_a_credentials_edit_leaves_the_config_alone(private_home: Path) -> None:
+    path, cfg = creds_file(private_home), private_home / ".aws" / "config"
+    path.write_text("[a]\n")
+    path.chmod(0o600)
+    with iamsorry.Store().edit() as s:
+        s.creds.set("a", {"k": "v"})
+    assert not cfg.exists()  # not created empty
+    cfg.write_text("[profile a]\nregion = eu-west-1\n")
+    inode = cfg.stat().st_ino
+    with iamsorry.Store().edit() as s:
+        s.creds.set("a", {"k": "w"})
+    assert cfg.stat().st_ino == inode  # not rewritten
+
+
 @pytest.mark.parametrize(
     ("text", "line", "what"),
     [
@@ -173,10 +187,16 @@ def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path,
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-def test_new_credentials_file_is_private_from_its_creation(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("existing", [None, 0o644])
+def test_new_credentials_file_is_private_from_its_creation(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, existing: int | None
+) -> None:
     """With umask 000 nothing hides a wide creation mode: every file the store
     creates (temp file, lock) must be 0600 the instant it exists, not after a
-    later chmod or _tighten."""
+    later chmod or _tighten, also when it replaces a wider file."""
+    if existing is not None:
+        creds_file(private_home).write_text("[a]\n")
+        creds_file(private_home).chmod(existing)
     created: dict[str, int] = {}
     real_open = os.open
 
@@ -201,7 +221,8 @@ def test_new_credentials_file_is_private_from_its_creation(private_home: Path, m
     assert {name: created[name] for name in (*temps, "credentials.lock")} == dict.fromkeys(
         (*temps, "credentials.lock"), 0o600
     )
-    assert stat.S_IMODE((private_home / ".aws").stat().st_mode) == 0o700
+    if existing is None:  # the folder, too, is made private
+        assert stat.S_IMODE((private_home / ".aws").stat().st_mode) == 0o700
     assert stat.S_IMODE((private_home / ".aws" / "credentials").stat().st_mode) == 0o600
 
 
@@ -518,3 +539,73 @@ def test_a_file_that_cannot_be_tightened_is_left_without_a_claim(
     assert "tightened" not in capsys.readouterr().err
     iamsorry._tighten(str(path))  # the control: chmod works, the claim is made
     assert "tightened to 600" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("line", "number"), [("[]", 2), ("= value", 3)])
+def test_an_empty_section_name_or_key_cannot_be_parsed(line: str, number: int) -> None:
+    text = "[a]\nk = 1\n" + line + "\n" if number == 3 else "[a]\n" + line + "\n"
+    with pytest.raises(iamsorry.StoreError, match=f"f:{number}: cannot parse"):
+        iamsorry.IniFile("f", text)
+
+
+def test_removing_a_missing_section_changes_nothing() -> None:
+    ini = iamsorry.IniFile("f", "[a]\nk = 1\n")
+    assert ini.remove("ghost") is False
+    assert ini.text() == "[a]\nk = 1\n"
+
+
+def test_a_credentials_file_that_is_not_utf8_is_a_store_error(private_home: Path) -> None:
+    creds_file(private_home).write_bytes(b"[a]\nk = caf\xe9\n")
+    with pytest.raises(iamsorry.StoreError, match=r"not UTF-8 text \(byte 11\)"):
+        iamsorry.read_aws_credentials()
+
+
+def test_the_store_lock_is_reentrant_and_held_until_the_outer_exit(private_home: Path) -> None:
+    lock = str(creds_file(private_home)) + ".lock"
+    probe = "import fcntl, os, sys\nfcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+
+    def free() -> bool:
+        return subprocess.run([sys.executable, "-c", probe, lock], capture_output=True).returncode == 0
+
+    with iamsorry._StoreLock(lock):
+        with iamsorry._StoreLock(lock):
+            assert not free()
+        assert not free()  # the inner exit must not release it
+    assert free()
+
+
+def test_config_profiles_are_default_and_profile_sections_only(private_home: Path) -> None:
+    (private_home / ".aws").mkdir()
+    (private_home / ".aws" / "config").write_text(
+        "[another]\nk = 1\n[default]\nregion = a\n[profile p]\nregion = b\n[sso-session s]\nk = 2\n"
+    )
+    assert iamsorry.read_aws_config() == {"default": {"region": "a"}, "p": {"region": "b"}}
+
+
+def test_a_sealed_value_stays_sealed_without_auto_decrypt(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the file never talks to ssh-agent unless asked to decrypt."""
+    sealed = "__encrypted__:v2:9kJwVQsOXYSld9Od2EyoRULVhZdkChebE64H0/3Ekjg:AAAA"
+    creds_file(private_home).write_text(f"[m]\naws_access_key_id = {sealed}\naws_secret_access_key = {sealed}\n")
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/nonexistent/agent.sock")
+    profile = iamsorry.read_aws_credentials()["m"]
+    assert profile["aws_access_key_id"] == sealed and profile.sealed()
+
+
+def test_the_one_sealed_profile_is_the_manager(private_home: Path) -> None:
+    sealed = "__encrypted__:v2:FP:AAAA"
+    creds_file(private_home).write_text(
+        f"[plain]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\n[m]\naws_access_key_id = {sealed}\n"
+    )
+    assert iamsorry.select_manager(iamsorry.Store().load()) == "m"
+
+
+def test_a_private_file_is_not_tightened_nor_warned_about(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = creds_file(private_home)
+    path.write_text("[a]\n")
+    path.chmod(0o600)
+    monkeypatch.setattr(iamsorry.UI, "stream", sys.stderr)
+    iamsorry._tighten(str(path))
+    assert capsys.readouterr().err == ""
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
