@@ -597,6 +597,10 @@ def test_the_one_sealed_profile_is_the_manager(private_home: Path) -> None:
         f"[plain]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\n[m]\naws_access_key_id = {sealed}\n"
     )
     assert iamsorry.select_manager(iamsorry.Store().load()) == "m"
+    creds_file(private_home).write_text("[plain]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\n")
+    assert iamsorry.select_manager(iamsorry.Store().load()) is None
+    creds_file(private_home).write_text("[iam-sorry]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\n")
+    assert iamsorry.select_manager(iamsorry.Store().load()) == "iam-sorry"  # the 0.2.x name
 
 
 def test_a_private_file_is_not_tightened_nor_warned_about(
@@ -609,3 +613,16 @@ def test_a_private_file_is_not_tightened_nor_warned_about(
     iamsorry._tighten(str(path))
     assert capsys.readouterr().err == ""
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_config_file_in_a_new_folder_gets_a_private_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "new" / "config"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(cfg))
+    old_umask = os.umask(0)
+    try:
+        with iamsorry.Store().edit() as s:
+            s.config.set("profile p", {"region": "eu-west-1"})
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(cfg.parent.stat().st_mode) == 0o700
+    assert cfg.read_text() == "[profile p]\nregion = eu-west-1\n"
