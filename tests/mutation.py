@@ -34,8 +34,8 @@ SECTIONS = {
     "namespaces": (
         "Namespaces and policies",
         [
-            "tests/test_policies.py",
             "tests/test_namespaces.py",
+            "tests/test_policies.py",
             "tests/test_minting.py::test_namespace_refusals_create_nothing",
         ],
     ),
