@@ -176,7 +176,7 @@ def test_credentials_created_0600_and_config_keeps_its_mode(private_home: Path) 
     assert "[profile sue]\nregion = eu-west-1\n" in cfg.read_text()
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666, 0o601, 0o610])
 def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path, mode: int) -> None:
     path = creds_file(private_home)
     path.write_text("[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
@@ -373,7 +373,7 @@ def test_write_failures_are_clean_errors(
     assert iamsorry.main(["--fix-profiles"]) == 3
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("iam-sorry: error:")]
-    assert len(errors) == 1 and "cannot write" in errors[0] and "Disk quota exceeded" in errors[0]
+    assert errors == [f"iam-sorry: error: cannot write {path.parent / 'config'}: Disk quota exceeded"]  # config first
     assert "Traceback" not in err
     assert not (private_home / ".aws" / "config").exists()
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
@@ -541,7 +541,7 @@ def test_a_file_that_cannot_be_tightened_is_left_without_a_claim(
     assert "tightened to 600" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("line", "number"), [("[]", 2), ("= value", 3)])
+@pytest.mark.parametrize(("line", "number"), [("[]", 2), ("[unclosed", 2), ("= value", 3)])
 def test_an_empty_section_name_or_key_cannot_be_parsed(line: str, number: int) -> None:
     text = "[a]\nk = 1\n" + line + "\n" if number == 3 else "[a]\n" + line + "\n"
     with pytest.raises(iamsorry.StoreError, match=f"f:{number}: cannot parse"):
@@ -625,4 +625,37 @@ def test_a_config_file_in_a_new_folder_gets_a_private_folder(tmp_path: Path, mon
     finally:
         os.umask(old_umask)
     assert stat.S_IMODE(cfg.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600  # a new config file starts private too
     assert cfg.read_text() == "[profile p]\nregion = eu-west-1\n"
+
+
+@pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), OSError("disk gone")])
+def test_a_failed_write_reports_its_own_error_even_if_cleanup_fails(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, fault: OSError
+) -> None:
+    path = creds_file(private_home)
+
+    def fail(*args: object) -> None:
+        raise fault
+
+    def unlink_fails(*args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", fail)
+    monkeypatch.setattr(os, "unlink", unlink_fails)
+    with pytest.raises(iamsorry.StoreError) as err:
+        iamsorry.atomic_write(str(path), "[a]\n", secret=True)
+    assert str(err.value) == f"cannot write {path}: {fault.strerror or fault}"
+
+
+def test_every_config_change_is_written(private_home: Path) -> None:
+    cfg = private_home / ".aws" / "config"
+    cfg.parent.mkdir()
+    cfg.write_text("[profile p]\nregion = z\n[profile q]\nregion = y\n")
+    for change, after in (
+        (("profile p", {"region": "a"}), "[profile p]\nregion = a\n[profile q]\nregion = y\n"),  # sorts lower
+        (("profile q", {"region": None}), "[profile p]\nregion = a\n[profile q]\n"),  # shorter
+    ):
+        with iamsorry.Store().edit() as s:
+            s.config.set(*change)
+        assert cfg.read_text() == after
