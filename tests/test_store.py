@@ -603,6 +603,16 @@ def test_the_one_sealed_profile_is_the_manager(private_home: Path) -> None:
     assert iamsorry.select_manager(iamsorry.Store().load()) == "iam-sorry"  # the 0.2.x name
 
 
+def test_several_sealed_profiles_need_a_choice(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sealed = "__encrypted__:v2:FP:AAAA"
+    creds_file(private_home).write_text(f"[m1]\naws_access_key_id = {sealed}\n[m2]\naws_access_key_id = {sealed}\n")
+    with pytest.raises(iamsorry.UsageError, match="several manager profiles: m1, m2"):
+        iamsorry.select_manager(iamsorry.Store().load())
+    monkeypatch.setenv("AWS_PROFILE", "m2")
+    assert iamsorry.select_manager(iamsorry.Store().load()) == "m2"
+    assert iamsorry.select_manager(iamsorry.Store().load(), "m1") == "m1"
+
+
 def test_a_private_file_is_not_tightened_nor_warned_about(
     private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -659,3 +669,25 @@ def test_every_config_change_is_written(private_home: Path) -> None:
         with iamsorry.Store().edit() as s:
             s.config.set(*change)
         assert cfg.read_text() == after
+
+
+def test_config_sections_are_named_profile_x_except_default() -> None:
+    assert [iamsorry.config_section(p) for p in ("default", "abc", "zed")] == ["default", "profile abc", "profile zed"]
+
+
+def test_a_key_right_after_its_name_parses() -> None:
+    assert iamsorry.IniFile("f", "[a]\nk=v\nj:w\n").get("a") == {"k": "v", "j": "w"}
+
+
+def test_the_lock_waits_two_minutes_by_default(private_home: Path) -> None:
+    assert iamsorry._StoreLock(str(creds_file(private_home)) + ".lock").timeout == 120  # as the README says
+
+
+def test_an_edited_config_keeps_every_mode_bit(private_home: Path) -> None:
+    cfg = private_home / ".aws" / "config"
+    cfg.parent.mkdir()
+    cfg.write_text("[default]\nregion = a\n")
+    cfg.chmod(0o751)
+    with iamsorry.Store().edit() as s:
+        s.config.set("default", {"region": "b"})
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o751 and cfg.read_text() == "[default]\nregion = b\n"
