@@ -42,6 +42,8 @@ def test_a_multi_dash_manager_is_refused_outside_it(name: str, needle: str) -> N
 def test_delegation_compares_first_dash_prefixes() -> None:
     assert iamsorry.delegated_away({"owner": "sue"}, "sue") is None
     assert iamsorry.delegated_away({"owner": "dirk"}, "sue") == "dirk"
+    assert iamsorry.delegated_away({"owner": "zed"}, "sue") == "zed"  # sorts after sue: still another namespace
+    assert iamsorry.delegated_away({"owner": "sue-team-mgr"}, "sue") is None
     assert iamsorry.delegated_away({}, "sue") is None
 
 
@@ -62,3 +64,9 @@ def test_manager_a_b_c_end_to_end(aws: FakeAws, ed25519: Path) -> None:
     for name in ("b-x", "ab"):
         assert_clean_error(run_cli(name), "outside your namespace", "prefix 'a'")
     assert_clean_error(run_cli("a-b-c"), "the manager itself")
+
+
+def test_inline_policy_limits_are_awss() -> None:
+    """IAM's quotas for inline policies (characters, whitespace excluded): the
+    size checks elsewhere compare against these, so they must be AWS's numbers."""
+    assert (iamsorry.INLINE_USER_POLICY_MAX_CHARS, iamsorry.INLINE_ROLE_POLICY_MAX_CHARS) == (2048, 10240)
