@@ -70,3 +70,9 @@ def test_inline_policy_limits_are_awss() -> None:
     """IAM's quotas for inline policies (characters, whitespace excluded): the
     size checks elsewhere compare against these, so they must be AWS's numbers."""
     assert (iamsorry.INLINE_USER_POLICY_MAX_CHARS, iamsorry.INLINE_ROLE_POLICY_MAX_CHARS) == (2048, 10240)
+
+
+@pytest.mark.parametrize("account", ["!", "12345678901", "1234567890123", "abcdefghijkl", ""])
+def test_policies_refuse_an_account_that_is_not_12_digits(account: str) -> None:
+    with pytest.raises(iamsorry.UsageError, match="invalid account"):
+        iamsorry.manager_policy("sue", account)

@@ -611,6 +611,13 @@ def test_several_sealed_profiles_need_a_choice(private_home: Path, monkeypatch: 
     monkeypatch.setenv("AWS_PROFILE", "m2")
     assert iamsorry.select_manager(iamsorry.Store().load()) == "m2"
     assert iamsorry.select_manager(iamsorry.Store().load(), "m1") == "m1"
+    session = "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\n"
+    creds_file(private_home).write_text(f"[m]\naws_access_key_id = {sealed}\n{session}")
+    monkeypatch.setenv("AWS_PROFILE", "sue")  # a session profile, not a manager
+    assert iamsorry.require_manager(iamsorry.Store().load()) == "m"
+    creds_file(private_home).write_text(session)
+    with pytest.raises(iamsorry.ProfileNotFound, match="no manager profile"):
+        iamsorry.require_manager(iamsorry.Store().load())
 
 
 def test_a_private_file_is_not_tightened_nor_warned_about(
@@ -691,3 +698,61 @@ def test_an_edited_config_keeps_every_mode_bit(private_home: Path) -> None:
     with iamsorry.Store().edit() as s:
         s.config.set("default", {"region": "b"})
     assert stat.S_IMODE(cfg.stat().st_mode) == 0o751 and cfg.read_text() == "[default]\nregion = b\n"
+
+
+@pytest.mark.parametrize("holder_is_main", [True, False])
+def test_another_thread_waits_for_the_lock(private_home: Path, holder_is_main: bool) -> None:
+    """Re-entrant for the holding thread only: any other thread waits (here: times out)."""
+    import threading
+
+    lock = str(creds_file(private_home)) + ".lock"
+    held, done = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def hold() -> None:
+        with iamsorry._StoreLock(lock):
+            held.set()
+            done.wait(30)
+
+    def contend() -> None:
+        try:
+            with iamsorry._StoreLock(lock, timeout=0.3):
+                outcome.append("entered")
+        except iamsorry.StoreError:
+            outcome.append("timed out")
+
+    other = threading.Thread(target=contend if holder_is_main else hold)
+    if holder_is_main:
+        with iamsorry._StoreLock(lock):
+            other.start()
+            other.join(30)
+    else:
+        other.start()
+        assert held.wait(30)
+        contend()
+        done.set()
+        other.join(30)
+    assert outcome == ["timed out"]
+
+
+def test_a_lock_file_that_cannot_be_made_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with (
+        pytest.raises(iamsorry.StoreError, match="cannot open lock file"),
+        iamsorry._StoreLock(str(tmp_path / "file" / "x.lock")),
+    ):
+        pass
+
+
+def test_a_profile_made_by_hand_does_not_decrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/nonexistent/agent.sock")
+    sealed = "__encrypted__:v2:FP:AAAA"
+    assert iamsorry.Profile("m", {"aws_access_key_id": sealed})["aws_access_key_id"] == sealed
+
+
+def test_read_aws_config_reads_the_file_it_is_given(private_home: Path, tmp_path: Path) -> None:
+    (private_home / ".aws").mkdir()
+    (private_home / ".aws" / "config").write_text("[profile home]\nregion = a\n")
+    (tmp_path / "other").write_text("[profile other]\nregion = b\n")
+    assert iamsorry.read_aws_config(str(tmp_path / "other")) == {"other": {"region": "b"}}
+    assert iamsorry.read_aws_config() == {"home": {"region": "a"}}
