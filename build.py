@@ -30,10 +30,11 @@ import sys
 import time
 import venv
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.parser import Parser
 from pathlib import Path
+from typing import NoReturn
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_LOCK = HERE / "requirements.lock"
@@ -67,6 +68,11 @@ SLIM_SERVICES = ("iam", "signin", "sso", "sso-oidc", "sts")
 STAMP_NAME = ".iam-sorry-last-used"
 STAMP_REFRESH_SECONDS = 3600
 CLEANUP_GRACE_SECONDS = 86400
+# The caller's umask, kept while shiv extracts with a stricter one.
+UMASK_VARIABLE = "_IAM_SORRY_UMASK"
+# The script's "folder is ours alone" rule and where extractions live, copied
+# into __main__.py from the bundled script so that both check alike.
+SHARED_WITH_SCRIPT = ("_private_tree", "_shiv_root")
 
 PLATFORM_RE = re.compile(r"manylinux(?:2014|_2_\d+)_(x86_64|aarch64)")
 PYTHON_RE = re.compile(r"3\.\d+(?:\.\d+)?")
@@ -206,8 +212,9 @@ def select_for_target(entries: Iterable[LockEntry], env: dict[str, str]) -> dict
             continue
         name = canonical_name(req.name)
         if name in chosen:
-            raise BuildError(f"lock pins {name} twice for this target: {chosen[name].requirement!r}, "
-                             f"{entry.requirement!r}")
+            raise BuildError(
+                f"lock pins {name} twice for this target: {chosen[name].requirement!r}, {entry.requirement!r}"
+            )
         if not entry.hashes:
             raise BuildError(f"lock entry {entry.requirement!r} has no --hash")
         chosen[name] = LockEntry(f"{req.name}{req.specifier}", entry.hashes)
@@ -293,9 +300,23 @@ def run(cmd: Sequence[str | Path], env: dict[str, str] | None = None) -> None:
 
 def pip_install(pins: dict[str, LockEntry], site_dir: Path, target: Target, work: Path) -> None:
     req_file = write_requirements(pins.values(), work / f"requirements-{target.label}.txt")
-    cmd: list[str | Path] = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-           "--target", site_dir, "--no-deps", "--require-hashes", "--only-binary=:all:",
-           "--no-compile", "--no-warn-script-location", "-r", req_file]  # fmt: skip
+    cmd: list[str | Path] = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+        "--target",
+        site_dir,
+        "--no-deps",
+        "--require-hashes",
+        "--only-binary=:all:",
+        "--no-compile",
+        "--no-warn-script-location",
+        "-r",
+        req_file,
+    ]
     if target.platform is not None:
         cmd += ["--platform", target.platform, "--python-version", target.full_version, "--implementation", "cp"]
     run(cmd)
@@ -374,13 +395,13 @@ def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def stage_dependencies(args: argparse.Namespace, target: Target, work: Path) -> Path:
+def stage_dependencies(lock: Path, target: Target, work: Path, slim: bool) -> Path:
     """Install the target's pins into work/site-packages, verify, optionally slim."""
     site_dir = work / "site-packages"
     shutil.rmtree(site_dir, ignore_errors=True)
     site_dir.mkdir(parents=True)
     env = target_environment(target)
-    pins = select_for_target(parse_lock_section(read_lock_sections(args.lock)["runtime"]), env)
+    pins = select_for_target(parse_lock_section(read_lock_sections(lock)["runtime"]), env)
     pip_install(pins, site_dir, target, work)
     normalise_site_packages(site_dir)
     problems = check_installed(site_dir, env)
@@ -390,11 +411,13 @@ def stage_dependencies(args: argparse.Namespace, target: Target, work: Path) -> 
         if entry.requirement.partition("==")[2] != got:
             problems.append(f"lock pins {entry.requirement} but {got} was installed")
     if problems:
-        raise BuildError(f"refusing to build for {target.label}: the installed set is wrong for Python "
-                         f"{target.full_version} on {target.machine}:\n  " + "\n  ".join(problems))  # fmt: skip
-    if args.slim:
+        raise BuildError(
+            f"refusing to build for {target.label}: the installed set is wrong for Python "
+            f"{target.full_version} on {target.machine}:\n  " + "\n  ".join(problems)
+        )
+    if slim:
         print(f"--slim: removed {slim_service_models(site_dir)} service model files")
-    write_json(site_dir / MARKER_NAME, vendor_marker(site_dir, target, args.slim))
+    write_json(site_dir / MARKER_NAME, vendor_marker(site_dir, target, slim))
     return site_dir
 
 
@@ -407,25 +430,86 @@ def stage_dependencies(args: argparse.Namespace, target: Target, work: Path) -> 
 BUILT_FOR: dict[str, str | None] = {}  # the target; filled in the generated module
 
 
-def bundle_fast_site_packages(build_id: str) -> str | None:
+def bundle_refuse(folder: str) -> NoReturn:
+    """Stop before anything is imported from, or extracted into, a folder someone else may control."""
+    real = os.path.realpath(folder)
+    where = folder if real == folder else f"{folder} (that is, {real})"
+    sys.stderr.write(
+        f"iam-sorry: error: {where} is not yours alone: it or a folder above it belongs to another user "
+        "or others can write to it, so code found there could be theirs\n"
+        "iam-sorry: hint: point SHIV_ROOT at a folder only you can write to (it is created if missing), "
+        "or chmod go-w your own folders on that path and remove what another user put there\n"
+    )
+    raise SystemExit(1)
+
+
+def bundle_extraction(
+    build_id: str, private_tree: Callable[[str], str | None], shiv_root: Callable[[], str]
+) -> tuple[str, str]:
+    """The checked real SHIV_ROOT and this build's extraction folder in it.
+
+    Stops the run unless the root, and whatever shiv would import from or
+    write to in it (the extraction, its site-packages, the half-done .tmp
+    extraction, the lock file), is ours alone.  A missing root is created
+    private first, so a first extraction is checked like any later one.
+    The rule itself is the script's, passed in by the generated __main__.py.
+    """
+    root = shiv_root()
+    umask = os.umask(0o077)  # every folder it creates, not only the last
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError:
+        pass  # the check names the folder
+    finally:
+        os.umask(umask)
+    real = private_tree(root)
+    if real is None:
+        bundle_refuse(root)
+    name = os.path.basename(os.path.realpath(sys.argv[0]))
+    extraction = os.path.join(real, f"{name}_{build_id}")
+    tmp = extraction + ".tmp"
+    lock = os.path.join(real, f".{name}_{build_id}_lock")
+    # What is missing is fine: only we can add it to a root that is ours
+    # alone.  The walk up from site-packages covers its extraction.
+    for inner, outer in (
+        (os.path.join(extraction, "site-packages"), extraction),
+        (os.path.join(tmp, "site-packages"), tmp),
+        (lock, lock),
+    ):
+        path = inner if os.path.lexists(inner) else outer
+        # Asked again on failure: a concurrent first run renames .tmp away at any moment.
+        if os.path.lexists(path) and private_tree(path) != path and os.path.lexists(path):
+            bundle_refuse(outer if private_tree(outer) != outer else path)
+    return real, extraction
+
+
+def bundle_fast_site_packages(extraction: str) -> str | None:
     """This build's extracted site-packages, if shiv's bootstrap would only add it to sys.path.
 
     shiv's bootstrap opens the archive with zipfile (parsing thousands of index
     entries) and imports compileall, subprocess and runpy before it looks.
+    bundle_extraction has already checked that the folder is ours alone.
     """
     if any(name.startswith("SHIV_") and name != "SHIV_ROOT" for name in os.environ):
         return None  # interpreter mode, forced extraction, other entry point: shiv decides
-    root = os.path.expanduser(os.environ.get("SHIV_ROOT") or "~/.shiv")
-    name = os.path.basename(os.path.realpath(sys.argv[0]))
-    site_packages = os.path.join(root, f"{name}_{build_id}", "site-packages")
-    for path in (site_packages, os.path.dirname(site_packages)):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            return None
-        if st.st_uid != os.getuid() or st.st_mode & 0o022:
-            return None  # not ours alone: never import from it on the fast path
-    return site_packages
+    site_packages = os.path.join(extraction, "site-packages")
+    return site_packages if os.path.isdir(site_packages) else None
+
+
+def bundle_bootstrap(root: str) -> None:
+    """shiv's own bootstrap, on the checked root, extracting with no group or other write bits.
+
+    shiv creates the extraction's folders with the umask; with 002 they would
+    fail the check on every later run.  bundle_preamble restores the umask
+    before the entry point or interpreter runs.
+    """
+    os.environ["SHIV_ROOT"] = root
+    umask = os.umask(0o077)
+    os.umask(umask | 0o022)
+    os.environ[UMASK_VARIABLE] = str(umask)
+    import _bootstrap  # shiv's, inside the zipapp
+
+    _bootstrap.bootstrap()
 
 
 def bundle_enter(site_packages: str, module: str, function: str) -> None:
@@ -448,8 +532,10 @@ def bundle_mismatch() -> str | None:
     """Why this interpreter cannot load the bundle's compiled wheels, or None."""
     here = (f"{sys.version_info[0]}.{sys.version_info[1]}", os.uname().machine)
     if sys.implementation.name != "cpython" or (BUILT_FOR["python"], BUILT_FOR["machine"]) != here:
-        return (f"this bundle is for CPython {BUILT_FOR['python']} on {BUILT_FOR['machine']}, "
-                f"but this is {sys.implementation.name} {here[0]} on {here[1]}")  # fmt: skip
+        return (
+            f"this bundle is for CPython {BUILT_FOR['python']} on {BUILT_FOR['machine']}, "
+            f"but this is {sys.implementation.name} {here[0]} on {here[1]}"
+        )
     need = BUILT_FOR.get("glibc")
     try:
         libc = os.confstr("CS_GNU_LIBC_VERSION") or ""
@@ -561,35 +647,69 @@ def bundle_preamble(site_packages: str) -> None:
             bundle_cleanup(site_packages)
         except Exception:  # housekeeping must never break a credential fetch
             pass
+    umask = os.environ.pop(UMASK_VARIABLE, "")
+    if umask.isdigit():  # set by bundle_bootstrap for shiv's extraction and the stamp above
+        os.umask(int(umask))
 
 
-def generated_source(doc: str, imports: str, constants: dict[str, object], funcs: Iterable[object],
-                     tail: str = "") -> str:  # fmt: skip
+def generated_source(
+    doc: str, imports: str, constants: dict[str, object], funcs: Iterable[Callable[..., object] | str], tail: str = ""
+) -> str:
+    """A module of constants and functions; a function is given as an object or as its source."""
     head = f'"""{doc}"""\n\nfrom __future__ import annotations\n\n' + "".join(f"import {m}\n" for m in imports.split())
     parts = [head + "".join(f"\n{name} = {value!r}" for name, value in constants.items())]
-    parts += [inspect.getsource(func) for func in funcs]  # type: ignore[arg-type]
+    parts += [func if isinstance(func, str) else inspect.getsource(func) for func in funcs]
     return "\n\n".join(parts) + tail
+
+
+def function_sources(source: str, names: Iterable[str]) -> list[str]:
+    """The named top-level functions of ``source``, exactly as written there."""
+    defs = {node.name: node for node in ast.parse(source).body if isinstance(node, ast.FunctionDef)}
+    missing = [name for name in names if name not in defs]
+    if missing:
+        raise BuildError(f"the script has no top-level function {', '.join(missing)}")
+    return [(ast.get_source_segment(source, defs[name]) or "") + "\n" for name in names]
 
 
 def helper_module_source(target: Target, glibc: str | None) -> str:
     """iamsorry_bundle.py: the target check and extraction clean-up the preamble runs."""
-    built_for = {"python": target.python, "machine": target.machine, "platform": target.platform or "host",
-                 "glibc": glibc}  # fmt: skip
-    constants = {"BUILT_FOR": built_for, "MARKER_NAME": MARKER_NAME, "STAMP_NAME": STAMP_NAME,
-                 "STAMP_REFRESH_SECONDS": STAMP_REFRESH_SECONDS, "CLEANUP_GRACE_SECONDS": CLEANUP_GRACE_SECONDS}
+    built_for = {
+        "python": target.python,
+        "machine": target.machine,
+        "platform": target.platform or "host",
+        "glibc": glibc,
+    }
+    constants = {
+        "BUILT_FOR": built_for,
+        "MARKER_NAME": MARKER_NAME,
+        "STAMP_NAME": STAMP_NAME,
+        "STAMP_REFRESH_SECONDS": STAMP_REFRESH_SECONDS,
+        "CLEANUP_GRACE_SECONDS": CLEANUP_GRACE_SECONDS,
+        "UMASK_VARIABLE": UMASK_VARIABLE,
+    }
     funcs = (bundle_mismatch, bundle_check_target, bundle_is_stale, bundle_remove, bundle_cleanup, bundle_preamble)
-    return generated_source("Start-up checks for the iam-sorry zipapp; generated by build.py.", "os sys time",
-                            constants, funcs)  # fmt: skip
+    return generated_source(
+        "Start-up checks for the iam-sorry zipapp; generated by build.py.", "os sys time", constants, funcs
+    )
 
 
-def main_stub_source(build_id: str) -> str:
-    """__main__.py: shiv's stub plus a fast path for an already extracted build."""
+def main_stub_source(build_id: str, script_source: str) -> str:
+    """__main__.py: the ownership check, then a fast path for an already extracted build, else shiv's stub.
+
+    ``script_source`` is the bundled script, whose "ours alone" rule the
+    check applies verbatim.
+    """
     module, _, function = ENTRY_POINT.partition(":")
-    tail = (f"\n\n_site_packages = bundle_fast_site_packages({build_id!r})\n"
-            "if _site_packages is None:\n    import _bootstrap\n\n    _bootstrap.bootstrap()\n"
-            f"else:\n    bundle_enter(_site_packages, {module!r}, {function!r})\n")  # fmt: skip
+    tail = (
+        f"\n\n_root, _extraction = bundle_extraction({build_id!r}, {', '.join(SHARED_WITH_SCRIPT)})\n"
+        "_site_packages = bundle_fast_site_packages(_extraction)\n"
+        "if _site_packages is None:\n    bundle_bootstrap(_root)\n"
+        f"else:\n    bundle_enter(_site_packages, {module!r}, {function!r})\n"
+    )
     doc = "iam-sorry zipapp entry (shiv layout); generated by build.py."
-    return generated_source(doc, "os sys", {}, (bundle_fast_site_packages, bundle_enter), tail)
+    funcs: list[Callable[..., object] | str] = [*function_sources(script_source, SHARED_WITH_SCRIPT)]
+    funcs += [bundle_refuse, bundle_extraction, bundle_fast_site_packages, bundle_bootstrap, bundle_enter]
+    return generated_source(doc, "os sys", {"UMASK_VARIABLE": UMASK_VARIABLE}, funcs, tail)
 
 
 PREAMBLE_SOURCE = f"""\
@@ -607,8 +727,11 @@ import {HELPER_MODULE}
 def script_version(script: Path) -> str:
     """Read ``__version__ = "X.Y.Z"`` without importing the script (it needs boto3)."""
     for node in ast.parse(script.read_text(encoding="utf-8")).body:
-        if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
-                and any(isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets)):
+        if (
+            isinstance(node, ast.Assign)
+            and isinstance(node.value, ast.Constant)
+            and any(isinstance(t, ast.Name) and t.id == "__version__" for t in node.targets)
+        ):
             return str(node.value.value)
     raise BuildError(f"{script} has no literal __version__ = '...'")
 
@@ -637,8 +760,9 @@ def source_date_epoch(script: Path) -> int:
     if os.environ.get("SOURCE_DATE_EPOCH"):
         return int(os.environ["SOURCE_DATE_EPOCH"])
     try:
-        out = subprocess.run(["git", "-C", str(script.parent), "log", "-1", "--format=%ct"],
-                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(script.parent), "log", "-1", "--format=%ct"], capture_output=True, text=True, check=True
+        ).stdout.strip()
         return int(out)
     except (OSError, subprocess.CalledProcessError, ValueError):
         print(f"not a git checkout with commits: using SOURCE_DATE_EPOCH={FALLBACK_SOURCE_DATE_EPOCH}")
@@ -648,8 +772,12 @@ def source_date_epoch(script: Path) -> int:
 def note_uncommitted(paths: Iterable[Path]) -> None:
     """Say so when the bundle will not match what the commit's epoch suggests."""
     try:
-        out = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain", "--", *map(str, paths)],
-                             capture_output=True, text=True, check=True).stdout  # fmt: skip
+        out = subprocess.run(
+            ["git", "-C", str(HERE), "status", "--porcelain", "--", *map(str, paths)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
     except (OSError, subprocess.CalledProcessError):
         return
     if out.strip():
@@ -667,6 +795,7 @@ def finish_zip(src: Path, dst: Path, epoch: int) -> None:
         shebang = f.readline()
     with zipfile.ZipFile(src) as zin, dst.open("wb") as out:
         build_id = json.loads(zin.read("environment.json"))["build_id"]
+        stub = main_stub_source(build_id, zin.read("site-packages/iamsorry.py").decode("utf-8"))
         out.write(shebang)
         with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zout:
             for info in sorted(zin.infolist(), key=lambda i: i.filename):
@@ -675,7 +804,7 @@ def finish_zip(src: Path, dst: Path, epoch: int) -> None:
                 new.create_system = 3  # Unix, whatever the build OS
                 mode = 0o755 if (info.external_attr >> 16) & 0o111 else 0o644
                 new.external_attr = (stat.S_IFREG | mode) << 16
-                data = main_stub_source(build_id).encode() if info.filename == "__main__.py" else zin.read(info)
+                data = stub.encode() if info.filename == "__main__.py" else zin.read(info)
                 zout.writestr(new, data)
     dst.chmod(0o755)
 
@@ -686,18 +815,35 @@ def run_shiv(site_dir: Path, work: Path, out: Path, epoch: int) -> None:
     preamble.chmod(0o644)
     raw = work / "shiv-output.pyz"
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
-    run([sys.executable, "-m", "shiv", "--site-packages", site_dir, "--entry-point", ENTRY_POINT,
-         "--output-file", raw, "--python", SHEBANG, "--compile-pyc", "--reproducible",
-         "--preamble", preamble], env=env)  # fmt: skip
+    run(
+        [
+            sys.executable,
+            "-m",
+            "shiv",
+            "--site-packages",
+            site_dir,
+            "--entry-point",
+            ENTRY_POINT,
+            "--output-file",
+            raw,
+            "--python",
+            SHEBANG,
+            "--compile-pyc",
+            "--reproducible",
+            "--preamble",
+            preamble,
+        ],
+        env=env,
+    )
     partial = out.with_name(out.name + ".part")
     finish_zip(raw, partial, epoch)
     os.replace(partial, out)
 
 
-def default_output(args: argparse.Namespace, target: Target) -> Path:
+def default_output(dist: Path, target: Target, slim: bool) -> Path:
     name = "iam-sorry" if target.platform is None else f"iam-sorry-{target.label}"
-    name += "-slim" if args.slim else ""
-    return Path(args.dist) / f"{name}.pyz"
+    name += "-slim" if slim else ""
+    return dist / f"{name}.pyz"
 
 
 def report(path: Path) -> str:
@@ -708,15 +854,13 @@ def report(path: Path) -> str:
     return digest
 
 
-def build_pyz(args: argparse.Namespace, target: Target, work: Path) -> Path:
-    script = Path(args.script)
+def build_pyz(script: Path, lock: Path, out: Path, target: Target, work: Path, slim: bool) -> Path:
     if not script.is_file():
         raise BuildError(f"script {script} not found (use --script)")
-    out = Path(args.out) if args.out else default_output(args, target)
     out.parent.mkdir(parents=True, exist_ok=True)
     epoch = source_date_epoch(script)
-    note_uncommitted([script, Path(__file__).resolve(), args.lock])
-    site_dir = stage_dependencies(args, target, work)
+    note_uncommitted([script, Path(__file__).resolve(), lock])
+    site_dir = stage_dependencies(lock, target, work, slim)
     version = install_script(script, site_dir, target)
     normalise_site_packages(site_dir)
     print(f"bundling iam-sorry {version} for {target.label} (SOURCE_DATE_EPOCH={epoch})")
@@ -725,12 +869,11 @@ def build_pyz(args: argparse.Namespace, target: Target, work: Path) -> Path:
     return out
 
 
-def build_vendor(args: argparse.Namespace, target: Target, work: Path) -> Path:
+def build_vendor(dest: Path, lock: Path, target: Target, work: Path, slim: bool) -> Path:
     """Install the target's pins into a plain directory for sys.path."""
-    dest = Path(args.vendor)
     if dest.exists() and any(dest.iterdir()) and not (dest / MARKER_NAME).is_file():
         raise BuildError(f"{dest} exists and is not an iam-sorry vendor directory; refusing to replace it")
-    site_dir = stage_dependencies(args, target, work)
+    site_dir = stage_dependencies(lock, target, work, slim)
     shutil.rmtree(dest, ignore_errors=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(site_dir), str(dest))
@@ -748,8 +891,12 @@ def venv_python(venv_dir: Path) -> Path:
 
 
 def venv_site_packages(python: Path) -> Path:
-    out = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    out = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return Path(out.strip())
 
 
@@ -764,8 +911,14 @@ def ensure_tool_venv(venv_dir: Path, requirements: str) -> Path:
     venv_dir.parent.mkdir(parents=True, exist_ok=True)
     req_file = venv_dir.parent / f"{venv_dir.name}-requirements.txt"
     req_file.write_text(requirements)
-    pip_args: list[str | Path] = ["--quiet", "--disable-pip-version-check", "--require-hashes",
-                                  "--only-binary=:all:", "-r", req_file]  # fmt: skip
+    pip_args: list[str | Path] = [
+        "--quiet",
+        "--disable-pip-version-check",
+        "--require-hashes",
+        "--only-binary=:all:",
+        "-r",
+        req_file,
+    ]
     try:
         venv.EnvBuilder(with_pip=True).create(venv_dir)
         run([python, "-m", "pip", "install", *pip_args])
@@ -804,17 +957,31 @@ def compile_section(python: Path, requirements: Iterable[str], work: Path) -> st
     source = work / "requirements.in"
     source.write_text("\n".join(requirements) + "\n")
     result = subprocess.run(
-        [str(python), "-m", "uv", "pip", "compile", str(source), "--universal", "--python-version", LOCK_PYTHON_FLOOR,
-         "--generate-hashes", "--no-header", "--no-python-downloads", "--quiet"],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        [
+            str(python),
+            "-m",
+            "uv",
+            "pip",
+            "compile",
+            str(source),
+            "--universal",
+            "--python-version",
+            LOCK_PYTHON_FLOOR,
+            "--generate-hashes",
+            "--no-header",
+            "--no-python-downloads",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode:
         raise BuildError(f"uv pip compile failed:\n{result.stderr}")
     return result.stdout.replace(str(source), "requirements.in")
 
 
-def update_lock(args: argparse.Namespace, work: Path) -> None:
-    sections = read_lock_sections(args.lock) if args.lock.is_file() else {}
+def update_lock(lock: Path, work: Path) -> None:
+    sections = read_lock_sections(lock) if lock.is_file() else {}
     tools = sections.get("lock-tools")
     if tools is None:
         print("no [lock-tools] section yet: installing the newest uv without hash checking")
@@ -824,21 +991,24 @@ def update_lock(args: argparse.Namespace, work: Path) -> None:
     else:
         python = ensure_tool_venv(work / "lock-venv", tools)
     parts = [LOCK_HEADER.format(floor=LOCK_PYTHON_FLOOR)]
-    for name, reqs in (("runtime", RUNTIME_REQUIREMENTS), ("build", BUILD_REQUIREMENTS),
-                       ("lock-tools", LOCK_TOOL_REQUIREMENTS)):  # fmt: skip
+    for name, reqs in (
+        ("runtime", RUNTIME_REQUIREMENTS),
+        ("build", BUILD_REQUIREMENTS),
+        ("lock-tools", LOCK_TOOL_REQUIREMENTS),
+    ):
         parts.append(f"\n# [{name}]\n" + compile_section(python, reqs, work))
-    args.lock.write_text("".join(parts))
-    print(f"wrote {args.lock}; now run: python3 build.py --check-targets")
+    lock.write_text("".join(parts))
+    print(f"wrote {lock}; now run: python3 build.py --check-targets")
 
 
-def check_targets(args: argparse.Namespace, work: Path) -> None:
+def check_targets(lock: Path, work: Path) -> None:
     """Stage every supported target: proves the lock has hashed wheels for each."""
     failures = []
     for plat in CHECK_PLATFORMS:
         for python in CHECK_PYTHONS:
             target = make_target(python, plat)
             try:
-                stage_dependencies(args, target, work / "check" / target.label)
+                stage_dependencies(lock, target, work / "check" / target.label, slim=False)
                 print(f"ok   {target.label}")
             except BuildError as exc:
                 failures.append(f"{target.label}: {exc}")
@@ -857,11 +1027,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--python-version", help="target CPython, e.g. 3.9 (default: this interpreter's)")
     parser.add_argument("--platform", help="target wheel platform: manylinux2014_x86_64 or manylinux2014_aarch64")
     parser.add_argument("--slim", action="store_true", help=f"keep only the {', '.join(SLIM_SERVICES)} service models")
-    parser.add_argument("--vendor", metavar="DIR", help="install the pinned packages into DIR instead of a .pyz")
-    parser.add_argument("--out", metavar="PATH", help="write the .pyz here (default: DIST/<name>.pyz)")
-    parser.add_argument("--dist", metavar="DIR", default=str(HERE / "dist"), help="output directory (default: dist/)")
-    parser.add_argument("--build-dir", metavar="DIR", default=str(HERE / "build"), help="venv and staging (build/)")
-    parser.add_argument("--script", metavar="PATH", default=str(DEFAULT_SCRIPT), help="the iam-sorry script")
+    parser.add_argument("--vendor", metavar="DIR", type=Path, help="install the pinned packages into DIR, not a .pyz")
+    parser.add_argument("--out", metavar="PATH", type=Path, help="write the .pyz here (default: DIST/<name>.pyz)")
+    parser.add_argument("--dist", metavar="DIR", type=Path, default=HERE / "dist", help="output directory (dist/)")
+    parser.add_argument(
+        "--build-dir", metavar="DIR", type=Path, default=HERE / "build", help="venv and staging (build/)"
+    )
+    parser.add_argument("--script", metavar="PATH", type=Path, default=DEFAULT_SCRIPT, help="the iam-sorry script")
     parser.add_argument("--lock", metavar="PATH", type=Path, default=DEFAULT_LOCK, help="lock file")
     parser.add_argument("--update-lock", action="store_true", help="re-resolve the newest pins into the lock")
     parser.add_argument("--check-targets", action="store_true", help="stage every supported target from the lock")
@@ -884,31 +1056,33 @@ def locked_tool_venv(build_dir: Path, lock: Path) -> Path:
         return ensure_tool_venv(build_dir / "venv", read_lock_sections(lock)["build"])
 
 
-def inner_main(args: argparse.Namespace, build_dir: Path) -> None:
-    """Runs inside the build venv, where shiv and packaging are importable."""
-    if args.check_targets:
-        check_targets(args, build_dir)
-        return
-    target = make_target(args.python_version, args.platform)
-    kind = "vendor" if args.vendor else "stage"
-    work = build_dir / f"{kind}-{target.label}{'-slim' if args.slim else ''}"
+def build_target(
+    target: Target, build_dir: Path, lock: Path, slim: bool, vendor: Path | None, script: Path, out: Path
+) -> Path:
+    """Runs inside the build venv, where shiv and packaging are importable: a vendor directory or a .pyz."""
+    kind = "vendor" if vendor else "stage"
+    work = build_dir / f"{kind}-{target.label}{'-slim' if slim else ''}"
     work.mkdir(parents=True, exist_ok=True)
-    if args.vendor:
-        build_vendor(args, target, work)
-    else:
-        build_pyz(args, target, work)
+    if vendor:
+        return build_vendor(vendor, lock, target, work, slim)
+    return build_pyz(script, lock, out, target, work, slim)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    build_dir = Path(args.build_dir).resolve()
+    build_dir = args.build_dir.resolve()
     started = time.monotonic()
     try:
         if args.update_lock:
-            update_lock(args, build_dir)
+            update_lock(args.lock, build_dir)
+        elif in_venv(build_dir / "venv") and args.check_targets:
+            check_targets(args.lock, build_dir)
+            return 0
         elif in_venv(build_dir / "venv"):
-            inner_main(args, build_dir)
+            target = make_target(args.python_version, args.platform)
+            out = args.out or default_output(args.dist, target, args.slim)
+            build_target(target, build_dir, args.lock, args.slim, args.vendor, args.script, out)
             return 0
         else:
             python = locked_tool_venv(build_dir, args.lock)

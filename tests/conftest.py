@@ -41,13 +41,13 @@ iamsorry = _load_iamsorry()
 
 @pytest.fixture(autouse=True)
 def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own HOME and none of the developer's AWS or
-    ssh-agent settings."""
+    """Every test gets its own HOME and none of the developer's AWS,
+    Kerberos or ssh-agent settings."""
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("HOME", str(home))
     for name in list(os.environ):
-        if name.startswith(("AWS_", "IAM_SORRY_")) or name in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
+        if name.startswith(("AWS_", "IAM_SORRY_", "KRB5")) or name in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     iamsorry.forget_secrets()
@@ -193,12 +193,39 @@ class FakeAws:
 
 
 @pytest.fixture(scope="session")
+def krb_realm():
+    """A throwaway MIT Kerberos realm (tests/krbkit.py) for the whole run:
+    users sue, ann, bob; HTTP/localhost in its keytab."""
+    import krbkit
+
+    yield from krbkit.session_realm()
+
+
+@pytest.fixture(scope="session")
 def moto_url():
     from moto_shim import start_server
 
     url, stop = start_server()
     yield url
     stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL cluster for the session (tests/pgkit.py), removed at the end."""
+    import pgkit
+
+    server = pgkit.start()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg(pg_server):
+    """The session's cluster, started again if an earlier test left it down."""
+    if not pg_server.running:
+        pg_server.start()
+    return pg_server
 
 
 @pytest.fixture

@@ -3,6 +3,13 @@
 moto server, in a throwaway HOME, with a throwaway SSH key in a private
 ssh-agent.  Run from the repository: ``python3 tests/demo.py``.
 
+``python3 tests/demo.py --service`` plays the department flow instead: an
+administrator sets up ``iam-sorry serve`` (gunicorn over TLS) with a
+throwaway MIT Kerberos realm, sue signs in with kinit and gets credentials and
+a role through the service, ann is refused, and the audit trail is listed and
+verified.  It needs the MIT KDC (Debian: krb5-kdc krb5-admin-server
+krb5-user) and, to build python-gssapi, libkrb5-dev and a C compiler.
+
 Missing dependencies go into a private venv under ~/.cache/iam-sorry-demo
 (kept, so the next run starts at once); ``--no-install`` uses this Python."""
 
@@ -21,14 +28,16 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 SCRIPT = Path(__file__).resolve().parent.parent / "iam-sorry"
 # moto_shim patches moto internals and refuses other moto versions.  IAM and
 # STS need only flask on top of moto; moto[server] would add ~180 MB (cfn-lint,
 # sympy, docker...) that this demo never uses.
 PACKAGES = ["boto3", "cryptography", "bcrypt", "moto==5.2.1", "flask", "flask-cors", "awscli"]
+SERVICE_PACKAGES = ["gssapi", "gunicorn", "trustme", "k5test", "tomli; python_version < '3.11'"]
 REGION = "us-west-2"
-SUE_ARN = "arn:aws:iam::123456789012:user/sue"  # moto's default account
+SUE_ARN = "arn:aws:iam::123456789012:user/iam-sorry/sue"  # moto's default account
 BOLD, PLAIN = ("\033[1m", "\033[0m") if sys.stdout.isatty() and "NO_COLOR" not in os.environ else ("", "")
 
 
@@ -36,10 +45,10 @@ class DemoError(Exception):
     """A step did not do what the Quick Start promises."""
 
 
-def missing_dependency() -> str | None:
+def missing_dependency(service: bool = False) -> str | None:
     """Why this interpreter cannot run the demo, or None if it can."""
     try:
-        for name in ("bcrypt", "boto3", "cryptography"):
+        for name in ("bcrypt", "boto3", "cryptography") + (("gssapi", "gunicorn", "trustme", "k5test") * service):
             importlib.import_module(name)
         import moto_shim
 
@@ -62,7 +71,7 @@ def base_python() -> tuple[str, str]:
     raise DemoError("the demo needs Python 3.10 or newer for moto 5.2, and PATH has no python3.10..3.14")
 
 
-def reexec_in_venv(reason: str) -> None:
+def reexec_in_venv(reason: str, packages: list[str]) -> None:
     """Install into a private venv, never into the user's environment, and
     run this script again inside it."""
     base, version = base_python()
@@ -70,16 +79,16 @@ def reexec_in_venv(reason: str) -> None:
     python, marker = venv / "bin" / "python", venv / "installed.txt"
     if os.environ.get("IAM_SORRY_DEMO_VENV"):  # we are in it already: do not loop
         raise DemoError(f"the demo venv {venv} still cannot run the demo: {reason}")
-    wanted = "\n".join(PACKAGES)
+    wanted = "\n".join(packages)
     if not marker.exists() or marker.read_text() != wanted:  # absent, half-built or outdated
         print(
-            f"This Python cannot run the demo ({reason}).\nInstalling {' '.join(PACKAGES)} into {venv} "
+            f"This Python cannot run the demo ({reason}).\nInstalling {' '.join(packages)} into {venv} "
             "(once; delete that folder to undo)",
             flush=True,
         )
         if subprocess.run([base, "-m", "venv", "--clear", str(venv)]).returncode != 0:
             raise DemoError(f"could not create {venv}; on Debian/Ubuntu: apt install python3-venv")
-        if subprocess.run([str(python), "-m", "pip", "install", "-q", *PACKAGES]).returncode != 0:
+        if subprocess.run([str(python), "-m", "pip", "install", "-q", *packages]).returncode != 0:
             raise DemoError(f"pip could not install the demo's packages into {venv} (see above)")
         marker.write_text(wanted)
     os.environ["IAM_SORRY_DEMO_VENV"] = "1"
@@ -226,28 +235,125 @@ def play(stack: contextlib.ExitStack) -> None:
     user(root, env, administrator(root, env), sock)
 
 
+SERVICE_NAMESPACES = """
+[namespaces.sue]
+members = ["sue"]
+actions = ["credentials", "create-user", "create-role", "list"]
+max_hours = 12
+"""
+SERVICE_SUMMARY = (
+    "An administrator set up the department service: one IAM user for the service, one role per namespace "
+    "(iam-sorry-service.sue) carrying the namespace policy, a keytab, a TLS certificate and a config. Sue signed "
+    "in with kinit and, without any AWS key of her own, got credentials that AWS attributes to user sue, a role, "
+    "and a credential_process profile for cluster nodes; every IAM call was made by the namespace role with "
+    "SourceIdentity sue@IAMSORRY.TEST. Ann, not a member of namespace sue, was refused. The audit trail lists "
+    "every request and verifies. The server, the KDC, the moto server and the throwaway folders are gone."
+)
+
+
+def play_service(stack: contextlib.ExitStack) -> None:
+    import krbkit
+    from moto_shim import start_server
+
+    krbkit.check_tools()
+    root = Path(tempfile.mkdtemp(prefix="iam-sorry-demo-"))
+    stack.callback(shutil.rmtree, root, ignore_errors=True)
+    print(f"Throwaway HOMEs under {root}")
+    url, stop_server = start_server()
+    stack.callback(stop_server)
+    print(f"Local fake AWS (moto) at {url}")
+    realm = krbkit.start_realm()
+    stack.callback(realm.stop)
+    print(f"Throwaway Kerberos realm {realm.realm}: KDC pid {' '.join(map(str, realm.pids))}")
+    env = base_env(root, url)
+    svc = service_administrator(root, env, realm, url, stack)
+    service_users(root, env, realm, svc)
+
+
+def service_administrator(root: Path, env: dict[str, str], realm: Any, url: str, stack: Any) -> Any:
+    import servicekit
+
+    folder = root / "service"
+    folder.mkdir()
+    servicekit.make_tls(folder)
+    port = servicekit.free_port()
+    config = servicekit.write_config(folder, realm, port, namespaces=SERVICE_NAMESPACES)
+    admin = {**env, "HOME": str(servicekit.admin_home(root)), "PWD": str(folder)}
+    print(f"\n## 1. Administrator: keytab {realm.keytab} (HTTP/localhost), a TLS certificate, this config:")
+    step(f"cd {folder} && cat service.toml", admin)
+    made = step(f"cd {folder} && iam-sorry --profile aws-admin --setup-service service.toml", admin,
+                expect=("iam-sorry-service.sue created", "aws_secret_access_key = "))  # fmt: skip
+    servicekit.store_service_key(folder, made)
+    svc = servicekit.Service(
+        folder, realm, config, f"https://localhost:{port}", folder / "ca.pem", folder / "serve.log", url
+    )
+    server_env = {**svc.server_env(), "PATH": env["PATH"]}  # `iam-sorry` is this work tree's
+    print("The key goes into the service's own AWS credentials file (aws_profile in the config).")
+    step(f"cd {folder} && iam-sorry serve --config service.toml --check", server_env, expect=("keytab",))
+    stack.callback(svc.stop)
+    svc.start()
+    print(f"$ iam-sorry serve --config service.toml &    # gunicorn pid {svc.proc.pid}, {svc.url}, log {svc.log}")
+    return svc
+
+
+def service_users(root: Path, env: dict[str, str], realm: Any, svc: Any) -> None:
+    def person(name: str) -> dict[str, str]:
+        home = root / name
+        (home / ".aws").mkdir(parents=True)
+        (home / ".aws" / "config").write_text(f"[default]\nregion = {REGION}\n")
+        return {**env, **svc.client_env(name), "HOME": str(home)}
+
+    sue, broker = person("sue"), f"--broker {svc.url}"
+    print(f"\n## 2. Sue signs in with Kerberos (HOME={sue['HOME']}); no AWS key is on her machine")
+    step(f"printf '%s\\n' '{realm.passwords['sue']}' | kinit sue >/dev/null && klist | head -n 2", sue,
+         expect=("sue@IAMSORRY.TEST",))  # fmt: skip
+    step(f"iam-sorry {broker} --whoami", sue, expect=("namespace sue:",))
+    print("\n## 3. Sue: her base user, credentials that are hers, a role, and a profile for cluster nodes")
+    step(f"curl -sS --negotiate -u : --cacert $IAM_SORRY_CA_BUNDLE -d '{{\"user\": \"sue\"}}' "
+         f"{svc.url}/v1/create-user", sue, expect=('"owner": "sue"',))  # fmt: skip
+    step(f"iam-sorry {broker} sue --duration 4", sue, expect=("valid until",))
+    step(whoami("sue"), sue, expect=(SUE_ARN,))
+    step(f"iam-sorry {broker} --role sue-lambda", sue, expect=("iam-sorry-sue-lambda",))
+    step(whoami("sue-lambda"), sue, expect=("assumed-role/iam-sorry-sue-lambda",))
+    line = f"credential_process = iam-sorry {broker} --credential-process sue"
+    step(f"printf '[profile sue-node]\\n{line}\\nregion = {REGION}\\n' >> ~/.aws/config && {whoami('sue-node')}", sue,
+         expect=(SUE_ARN,))  # fmt: skip
+    ann = person("ann")
+    print(f"\n## 4. Ann (HOME={ann['HOME']}) is not a member of namespace sue: refused (non-zero exit expected)")
+    step(f"printf '%s\\n' '{realm.passwords['ann']}' | kinit ann >/dev/null", ann)
+    step(f"iam-sorry {broker} --credential-process sue", ann, fails=True, expect=("not a member of namespace sue",))
+    print("\n## 5. The administrator lists and verifies the audit trail")
+    admin = {**env, "HOME": str(svc.folder / "home")}
+    step(f"iam-sorry audit list --config {svc.config}", admin, expect=("ann@IAMSORRY.TEST", "403"))
+    step(f"iam-sorry audit verify --config {svc.config}", admin, expect=("audit trail intact",))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-install", action="store_true", help="use this Python as is; install nothing")
+    parser.add_argument("--service", action="store_true", help="the department service with Kerberos instead")
     args = parser.parse_args()
     # Cleanup runs in `finally`; make SIGTERM and SIGHUP unwind like Ctrl-C does.
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
     started = time.monotonic()
     try:
-        reason = missing_dependency()
+        reason = missing_dependency(args.service)
         if reason and args.no_install:
             raise DemoError(f"this Python cannot run the demo ({reason}); run it without --no-install")
         if reason:
-            reexec_in_venv(reason)
+            reexec_in_venv(reason, PACKAGES + SERVICE_PACKAGES * args.service)
         with contextlib.ExitStack() as stack:
-            play(stack)
+            (play_service if args.service else play)(stack)
     except (DemoError, OSError, subprocess.SubprocessError, AssertionError) as exc:  # sshkit asserts on ssh-add
         print(f"\ndemo: FAILED: {exc or type(exc).__name__}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\ndemo: interrupted; cleaned up", file=sys.stderr)
         return 130
+    if args.service:
+        print(f"\nDone in {time.monotonic() - started:.0f} s. {SERVICE_SUMMARY}")
+        return 0
     print(
         f"\nDone in {time.monotonic() - started:.0f} s. An administrator created manager sue-mgr, confined to "
         "the namespace sue/sue-*, and handed its key over once. Sue's first run rotated that key away, sealed "

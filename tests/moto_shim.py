@@ -19,6 +19,16 @@ tool is mostly about exactly that.  This shim closes the gaps our tests need:
 * Every request is counted per action at the server, and faults can be
   injected per action, so tests can assert on real traffic (also when the
   code under test runs in other processes against ``ThreadedMotoServer``).
+* AssumeRole: moto ignores ``SourceIdentity`` and session tags, never checks
+  that the role exists, and never reads its trust policy.  Here the role must
+  exist; its trust policy must name the caller (its ARN, its account's root
+  or ``*``) for ``sts:AssumeRole``, and also allow ``sts:SetSourceIdentity``
+  and ``sts:TagSession`` when the request carries a source identity or tags;
+  a ``StringLike`` condition on ``sts:SourceIdentity`` is honoured (a subset
+  of IAM's evaluation, enough for the trust policies iam-sorry writes).  The
+  session's role, name, source identity and tags are remembered, and every
+  request is logged with the source identity and session name of the role
+  session that signed it (``Shim.log``), as CloudTrail shows them.
 
 Keys moto has never seen (e.g. the conventional ``testing`` admin key) keep
 working as before: tests sign administrative calls with arbitrary keys.
@@ -39,6 +49,19 @@ What is patched (``install`` patches, ``uninstall`` restores):
 ``moto.iam.models.IAMBackend.create_access_key``
     Wrapped: remembers which keys were issued and when, because moto forgets
     deleted keys entirely and would otherwise treat them as unknown admin keys.
+``moto.iam.responses.IamResponse.create_user`` / ``create_role``
+    Wrapped: a ``PermissionsBoundary`` must name an existing policy
+    (``NoSuchEntity`` otherwise, as in AWS; moto checks only its form), and a
+    user's boundary is kept and returned by GetUser (moto drops it).
+``moto.iam.responses.IamResponse.put_user_permissions_boundary``
+    Added (moto does not implement it), with the same check.
+``moto.iam.models.IAMBackend.update_user``
+    Wrapped: moto keeps tags by ARN, so a new path would drop a user's tags;
+    AWS keeps them.
+``moto.sts.responses.TokenResponse.assume_role``
+    Wrapped: checks the role and its trust policy, then records the session.
+``moto.iam.responses.IamResponse.list_service_specific_credentials``
+    Added (moto lacks it): a user has none, as moto cannot create any.
 
 The signing key is taken exactly as moto takes it (``get_access_key``: the
 SigV4 ``Authorization`` credential scope).  Minted keys are registered with
@@ -52,6 +75,7 @@ from __future__ import annotations
 import base64
 import collections
 import datetime
+import fnmatch
 import functools
 import json
 import logging
@@ -105,6 +129,28 @@ def _invalid_token() -> AwsError:
     return AwsError("InvalidClientTokenId", INVALID_TOKEN, 403)
 
 
+@dataclass(frozen=True)
+class RoleSession:
+    """What AWS keeps about an AssumeRole session and CloudTrail shows."""
+
+    role_arn: str
+    session_name: str
+    source_identity: str | None
+    tags: dict[str, str]
+    assumed_by: str  # the ARN that called AssumeRole
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the server saw it; for role sessions, who is behind it."""
+
+    service: str
+    action: str
+    access_key: str
+    source_identity: str | None
+    session_name: str | None
+
+
 @dataclass
 class _Session:
     token: str
@@ -120,11 +166,15 @@ class Shim:
     ``propagation_delay`` (seconds, default 0) and ``calls`` (a Counter keyed
     by action name, counted at the server, rejected requests included) are
     plain attributes; ``calls`` is only written under the lock.
+    ``session_seconds`` (default None) caps the lifetime of minted sessions,
+    so that a benchmark sees credentials go stale without waiting hours.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.calls: collections.Counter[str] = collections.Counter()
+        self.log: list[Call] = []
+        self.role_sessions: dict[str, RoleSession] = {}
         self.reset()
 
     def reset(self) -> None:
@@ -136,7 +186,10 @@ class Shim:
         """
         with self._lock:
             self.propagation_delay = 0.0
+            self.session_seconds: int | None = None
             self.calls.clear()
+            self.log = []
+            self.role_sessions = {}
             self._faults: dict[str, collections.deque[AwsError]] = collections.defaultdict(collections.deque)
             self._sessions: dict[str, _Session] = {}
             self._issued: dict[str, float] = {}
@@ -151,6 +204,7 @@ class Shim:
     def reset_calls(self) -> None:
         with self._lock:
             self.calls.clear()
+            self.log = []
 
     def fail(self, action: str, code: str = "ServiceFailure", times: int = 1, status: int = 500) -> None:
         """Make the next ``times`` requests for ``action`` fail with ``code``.
@@ -178,11 +232,23 @@ class Shim:
         found = _find_user_key(access_key_id)
         return found[1].arn if found and found[1] else None
 
+    def role_session(self, access_key_id: str) -> RoleSession | None:
+        """The AssumeRole session a key belongs to, else None."""
+        with self._lock:
+            return self.role_sessions.get(access_key_id)
+
+    def calls_of(self, service: str) -> list[Call]:
+        with self._lock:
+            return [c for c in self.log if c.service == service]
+
     # -- used by the patched moto code -------------------------------------
 
-    def _admit(self, action: str) -> None:
+    def _admit(self, action: str, service: str = "", access_key: str = "") -> None:
         with self._lock:
             self.calls[action] += 1
+            session = self.role_sessions.get(access_key)
+            who = (session.source_identity, session.session_name) if session else (None, None)
+            self.log.append(Call(service, action, access_key, *who))
             pending = self._faults.get(action)
             error = pending.popleft() if pending else None
         if error is not None:
@@ -286,7 +352,7 @@ def _wrap_call_action(original: Callable[[BaseResponse], Any]) -> Callable[[Base
     @functools.wraps(original)
     def call_action(self: BaseResponse) -> Any:
         try:
-            _SHIM._admit(self._get_action())
+            _SHIM._admit(self._get_action(), self.boto3_service_name, self.get_access_key())
             _SHIM._authenticate(self.get_access_key(), _security_token(self))
             return original(self)
         except AwsError as error:
@@ -314,6 +380,7 @@ def _wrap_get_session_token(original: Callable[[TokenResponse], Any]) -> Callabl
     @functools.wraps(original)
     def get_session_token(self: TokenResponse) -> ActionResult:
         duration = _duration_seconds(self)
+        duration = min(duration, _SHIM.session_seconds or duration)
         signer = self.get_access_key()
         if _SHIM._session(signer) or self.backend.get_assumed_role_from_access_key(signer):
             raise AwsError("AccessDenied", "Cannot call GetSessionToken with session credentials", 403)
@@ -355,25 +422,152 @@ def _wrap_create_access_key(original: Callable[..., AccessKey]) -> Callable[...,
     return create_access_key
 
 
+def _boundary(response: IamResponse) -> dict[str, str] | None:
+    """The request's PermissionsBoundary, checked to exist as AWS does."""
+    arn = response._get_param("PermissionsBoundary")
+    if not arn:
+        return None
+    response.backend.get_policy(arn)  # raises NoSuchEntity, which moto answers as AWS would
+    return {"PermissionsBoundaryType": "PermissionsBoundaryPolicy", "PermissionsBoundaryArn": arn}
+
+
+def _wrap_create_user(original: Callable[[IamResponse], Any]) -> Callable[[IamResponse], Any]:
+    @functools.wraps(original)
+    def create_user(self: IamResponse) -> Any:
+        boundary = _boundary(self)
+        result = original(self)
+        if boundary:
+            self.backend.get_user(self._get_param("UserName")).permissions_boundary = boundary
+        return result
+
+    return create_user
+
+
+def _wrap_create_role(original: Callable[[IamResponse], Any]) -> Callable[[IamResponse], Any]:
+    @functools.wraps(original)
+    def create_role(self: IamResponse) -> Any:
+        _boundary(self)
+        return original(self)
+
+    return create_role
+
+
+def _wrap_update_user(original: Callable[..., None]) -> Callable[..., None]:
+    @functools.wraps(original)
+    def update_user(self: IAMBackend, user_name: str, new_path: str | None = None, *args: Any, **kwargs: Any) -> None:
+        old_arn = self.get_user(user_name).arn
+        tags = self.tagger.list_tags_for_resource(old_arn)["Tags"]
+        original(self, user_name, new_path, *args, **kwargs)
+        user = self.get_user(kwargs.get("new_user_name") or (args[0] if args else None) or user_name)
+        if user.arn != old_arn:
+            self.tagger.delete_all_tags_for_resource(old_arn)
+            self.tagger.tag_resource(user.arn, tags)
+
+    return update_user
+
+
+def _put_user_permissions_boundary(self: IamResponse) -> Any:
+    user = self.backend.get_user(self._get_param("UserName"))
+    user.permissions_boundary = _boundary(self)
+    from moto.core.responses import EmptyResult
+
+    return EmptyResult()
+
+
+def _trusts(trust: dict[str, Any], caller: str, action: str, source_identity: str | None) -> bool:
+    """Whether a trust policy allows ``caller`` the STS ``action``: Allow
+    statements only, principals by exact ARN, account root or ``*``, and a
+    StringLike condition on sts:SourceIdentity (enough for iam-sorry's own)."""
+    account = caller.split(":")[4]
+    for stmt in trust.get("Statement", []):
+        actions = stmt.get("Action", [])
+        actions = [actions] if isinstance(actions, str) else actions
+        principals = stmt.get("Principal", {})
+        aws = principals.get("AWS", []) if isinstance(principals, dict) else principals
+        aws = [aws] if isinstance(aws, str) else aws
+        if stmt.get("Effect") != "Allow" or not any(fnmatch.fnmatchcase(action, a) for a in actions):
+            continue
+        if not any(p in ("*", caller, account, f"arn:aws:iam::{account}:root") for p in aws):
+            continue
+        wanted = stmt.get("Condition", {}).get("StringLike", {}).get("sts:SourceIdentity")
+        if wanted is not None:
+            wanted = [wanted] if isinstance(wanted, str) else wanted
+            if source_identity is None or not any(fnmatch.fnmatchcase(source_identity, w) for w in wanted):
+                continue
+        return True
+    return False
+
+
+def _check_trust(response: TokenResponse, role_arn: str, source_identity: str | None, tags: bool) -> str:
+    """The caller's ARN, after AWS's checks on the role and its trust policy."""
+    caller = response.backend.get_caller_identity(response.get_access_key(), response.region)[1]
+    account, name = role_arn.split(":")[4], role_arn.rsplit("/", 1)[-1]
+    role = iam_backends[account][response.partition].roles
+    found = next((r for r in role.values() if r.name == name and r.arn == role_arn), None)
+    denied = AwsError("AccessDenied", f"User: {caller} is not authorized to perform: sts:AssumeRole on {role_arn}", 403)
+    if found is None:
+        raise denied
+    trust = json.loads(found.assume_role_policy_document)
+    needed = ["sts:AssumeRole"] + ["sts:SetSourceIdentity"] * bool(source_identity) + ["sts:TagSession"] * tags
+    if not all(_trusts(trust, caller, action, source_identity) for action in needed):
+        raise denied
+    return str(caller)
+
+
+def _wrap_assume_role(original: Callable[[TokenResponse], Any]) -> Callable[[TokenResponse], Any]:
+    @functools.wraps(original)
+    def assume_role(self: TokenResponse) -> ActionResult:
+        role_arn = self._get_param("RoleArn")
+        source_identity = self._get_param("SourceIdentity")
+        tags = {t["Key"]: t["Value"] for t in self._get_param("Tags") or []}
+        caller = _check_trust(self, role_arn, source_identity, bool(tags))
+        result = original(self)
+        key = result.result["Credentials"].access_key_id
+        session = RoleSession(role_arn, self._get_param("RoleSessionName"), source_identity, tags, caller)
+        with _SHIM._lock:
+            _SHIM.role_sessions[key] = session
+        return result
+
+    return assume_role
+
+
+def _list_service_specific_credentials(self: IamResponse) -> ActionResult:
+    self.backend.get_user(self._get_param("UserName"))  # NoSuchEntity for an unknown user, as AWS
+    return ActionResult({"ServiceSpecificCredentials": []})
+
+
 _PATCHES: list[tuple[type, str, Callable[[Any], Any]]] = [
     (BaseResponse, "call_action", _wrap_call_action),
     (TokenResponse, "get_session_token", _wrap_get_session_token),
     (STSBackend, "get_caller_identity", _wrap_get_caller_identity),
     (IAMBackend, "create_access_key", _wrap_create_access_key),
+    (IamResponse, "create_user", _wrap_create_user),
+    (IamResponse, "create_role", _wrap_create_role),
+    (IAMBackend, "update_user", _wrap_update_user),
+    (TokenResponse, "assume_role", _wrap_assume_role),
+]
+# What moto lacks altogether: added by install, removed by uninstall.
+_ADDITIONS: list[tuple[type, str, Callable[..., Any]]] = [
+    (IamResponse, "put_user_permissions_boundary", _put_user_permissions_boundary),
+    (IamResponse, "list_service_specific_credentials", _list_service_specific_credentials),
 ]
 _ALSO_USED: list[tuple[type, str]] = [
     (BaseResponse, "get_access_key"),
     (BaseResponse, "_get_action"),
     (BaseResponse, "_get_int_param"),
+    (BaseResponse, "_get_param"),
     (BaseResponse, "boto3_service_name"),
     (TokenResponse, "backend"),
     (STSBackend, "get_assumed_role_from_access_key"),
     (IAMBackend, "create_temp_access_key"),
+    (IAMBackend, "get_policy"),
+    (IamResponse, "_get_param"),
 ]
 
 
 def _check_internals() -> None:
     missing = [f"{cls.__qualname__}.{name}" for cls, name, _ in _PATCHES if name not in vars(cls)]
+    missing += [f"{cls.__qualname__}.{name} (now in moto)" for cls, name, _ in _ADDITIONS if hasattr(cls, name)]
     missing += [f"{cls.__qualname__}.{name}" for cls, name in _ALSO_USED if not hasattr(cls, name)]
     # A subclass override would silently bypass the gate for that service.
     missing += [
@@ -397,6 +591,8 @@ def install() -> Shim:
                 original = vars(cls)[name]
                 _ORIGINALS[(cls, name)] = original
                 setattr(cls, name, wrap(original))
+            for cls, name, added in _ADDITIONS:
+                setattr(cls, name, added)
     return _SHIM
 
 
@@ -405,6 +601,9 @@ def uninstall() -> None:
     with _INSTALL_LOCK:
         for (cls, name), original in _ORIGINALS.items():
             setattr(cls, name, original)
+        if _ORIGINALS:
+            for cls, name, _ in _ADDITIONS:
+                delattr(cls, name)
         _ORIGINALS.clear()
 
 

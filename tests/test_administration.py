@@ -6,39 +6,46 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import REGION, FakeAws, assert_clean_error, bash, exported, hand_over, iamsorry, run_cli
 
 
 def test_delegation_once_and_the_manager_loses_write(manager: FakeAws) -> None:
     iam = manager.client("iam")
-    assert_clean_error(run_cli("jimmy-bedrock", "--chown", "jimmy"), "not an IAM user")
-    iam.create_user(UserName="jimmy")
+    assert_clean_error(run_cli("jimmy-bedrock", "--chown", "jimmy"), "not an IAM user of an iam-sorry namespace")
+    iam.create_user(UserName="jimmy")  # a user, but no namespace an administrator made
+    assert_clean_error(run_cli("jimmy-bedrock", "--chown", "jimmy"), "not an IAM user of an iam-sorry namespace")
+    iam.delete_user(UserName="jimmy")
+    hand_over("jimmy-mgr")
     assert_clean_error(run_cli("sue-x", "--chown", "jimmy"), "does not match the namespace")
     proc = run_cli("jimmy-bedrock", "--chown", "jimmy")
     assert proc.returncode == 0, proc.stderr
-    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="jimmy-bedrock")["Tags"]}
-    assert tags == {"owner": "jimmy", "delegated-by": "sue-mgr"}
+    made = iam.get_user(UserName="jimmy-bedrock")["User"]
+    assert {t["Key"]: t["Value"] for t in made["Tags"]} == {"owner": "jimmy", "delegated-by": "sue-mgr"}
+    assert made["Path"] == "/iam-sorry/"
+    assert made["PermissionsBoundary"]["PermissionsBoundaryArn"].endswith(":policy/iam-sorry-jimmy-boundary")
     assert_clean_error(run_cli("jimmy-bedrock", "--chown", "jimmy"), "already delegated")
     assert_clean_error(run_cli("jimmy-bedrock"), "outside your namespace")
     assert manager.key_status("jimmy-bedrock") == {}
-    # A namespace user handed to someone else: view, never mint.
-    iam.create_user(UserName="sue-student", Tags=[{"Key": "owner", "Value": "jimmy"}])
-    assert_clean_error(run_cli("sue-student"), "delegated to 'jimmy'")
-    assert manager.key_status("sue-student") == {}
+    # An existing user is never re-tagged by delegation: an administrator adopts it.
+    iam.create_user(UserName="jimmy-old")
+    assert_clean_error(run_cli("jimmy-old", "--chown", "jimmy"), "only creates new users", "--adopt jimmy-old")
+    assert iam.list_user_tags(UserName="jimmy-old")["Tags"] == []
 
 
 def test_delegated_user_is_minted_by_its_new_owner(manager: FakeAws, tmp_path: Path) -> None:
     """jimmy's own manager takes over jimmy-bedrock."""
-    manager.client("iam").create_user(UserName="jimmy")
-    assert run_cli("jimmy-bedrock", "--chown", "jimmy").returncode == 0
     key = hand_over("jimmy-mgr")
+    assert run_cli("jimmy-bedrock", "--chown", "jimmy").returncode == 0
     jimmy_home = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "jc"), "AWS_CONFIG_FILE": str(tmp_path / "jcfg")}
     boot = run_cli(env={**jimmy_home, **exported(key)})
     assert boot.returncode == 0, boot.stderr
     proc = run_cli("jimmy-bedrock", env=jimmy_home)
     assert proc.returncode == 0, proc.stderr
     creds = iamsorry.read_aws_credentials(str(tmp_path / "jc"))["jimmy-bedrock"]
-    assert manager.whoami(creds).endswith("user/jimmy-bedrock")
+    assert manager.whoami(creds).endswith("user/iam-sorry/jimmy-bedrock")
+    # and sue's manager, which created it, can only look at it
+    assert_clean_error(run_cli("jimmy-bedrock"), "outside your namespace")
 
 
 def test_role_profile_works_with_the_aws_cli_and_eval(manager: FakeAws) -> None:
@@ -48,7 +55,9 @@ def test_role_profile_works_with_the_aws_cli_and_eval(manager: FakeAws) -> None:
     assert role["MaxSessionDuration"] == 43200
     trust = role["AssumeRolePolicyDocument"]
     trust = json.loads(trust) if isinstance(trust, str) else trust
-    assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::123456789012:user/sue"}
+    assert trust["Statement"][0]["Principal"] == {"AWS": "arn:aws:iam::123456789012:user/iam-sorry/sue"}
+    assert role["PermissionsBoundary"]["PermissionsBoundaryArn"].endswith(":policy/iam-sorry-sue-boundary")
+    assert {t["Key"]: t["Value"] for t in role["Tags"]} == {"owner": "sue", "delegated-by": "sue-mgr"}
     cfg = iamsorry.read_aws_config()["sue-lambda"]
     assert cfg == {"role_arn": role["Arn"], "source_profile": "sue", "region": REGION, "duration_seconds": "43200"}
     out = bash("aws --profile sue-lambda sts get-caller-identity --output json")
@@ -70,3 +79,90 @@ def test_role_profile_works_with_the_aws_cli_and_eval(manager: FakeAws) -> None:
     assert json.loads(policy.stdout) == iamsorry.lambda_policy("sue", "123456789012")
     assert_clean_error(run_cli("--print-lambda-policy", "sue"), "not an iam-sorry role profile")
     assert_clean_error(run_cli("--role", "bob-lambda"), "outside your namespace")
+
+
+def _admin(*args: str):
+    return run_cli("--profile", "aws-admin", *args)
+
+
+def _tags(iam, name: str) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName=name)["Tags"]}
+
+
+def test_create_iam_sorry_owns_the_namespace_names_from_the_start(aws: FakeAws) -> None:
+    iam = aws.client("iam")
+    iam.create_user(UserName="sue-old")  # existed before the namespace
+    made = _admin("--create-iam-sorry", "sue-mgr")
+    assert made.returncode == 0, made.stderr
+    assert _tags(iam, "sue-mgr") == {"owner": "sue", "iam-sorry-manager": "sue", "delegated-by": "moto"}
+    assert _tags(iam, "sue")["owner"] == "sue"
+    assert iam.get_user(UserName="sue-mgr")["User"]["Path"] == "/"  # outside every namespace path
+    assert "pre-existing user sue-old" in made.stderr and "--adopt sue-old --owner sue" in made.stderr
+    assert _tags(iam, "sue-old") == {}  # listed, never taken
+    again = _admin("--create-iam-sorry", "sue-mgr")  # re-running updates the policy, keeps what is ours
+    assert again.returncode == 0, again.stderr
+    versions = iam.list_policy_versions(PolicyArn="arn:aws:iam::123456789012:policy/iam-sorry-sue-manager")
+    assert len(versions["Versions"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("plant", "needle"),
+    [
+        ({"UserName": "sue", "Tags": [{"Key": "owner", "Value": "bob"}]}, "already belongs to namespace bob"),
+        ({"UserName": "sue"}, "exists and belongs to no namespace"),
+        (
+            {
+                "UserName": "sue-mgr",
+                "Tags": [{"Key": "owner", "Value": "sue"}, {"Key": "delegated-by", "Value": "bob-mgr"}],
+            },
+            "created by bob-mgr, not as a manager",
+        ),
+        ({"UserName": "sue-mgr", "Tags": [{"Key": "owner", "Value": "bob"}]}, "already belongs to namespace bob"),
+    ],
+)
+def test_create_iam_sorry_stops_when_the_names_belong_to_someone_else(aws: FakeAws, plant: dict, needle: str) -> None:
+    """What another manager (bob-mgr) could have pre-created: the
+    administrator is told, and nothing is written."""
+    iam = aws.client("iam")
+    iam.create_user(**plant)
+    aws.shim.reset_calls()
+    assert_clean_error(_admin("--create-iam-sorry", "sue-mgr"), needle)
+    writes = {c for c in aws.shim.calls if not c.startswith(("Get", "List"))}
+    assert writes == set()
+    assert iam.list_policies(Scope="Local")["Policies"] == []
+
+
+def test_check_namespace_reports_what_does_not_belong(manager: FakeAws) -> None:
+    iam = manager.client("iam")
+    assert run_cli("--role", "sue-lambda").returncode == 0
+    clean = run_cli("--check-namespace")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert "namespace sue" in clean.stdout
+    # What an attacker or a hurried administrator leaves behind:
+    iam.create_user(UserName="sue-stray")  # pre-existing, untagged
+    iam.create_user(UserName="sue-foreign", Path="/iam-sorry/", Tags=[{"Key": "owner", "Value": "bob"}])
+    iam.create_user(UserName="sue-loose", Path="/iam-sorry/", Tags=[{"Key": "owner", "Value": "sue"}])  # no boundary
+    for _ in range(2):
+        iam.create_access_key(UserName="sue-loose")
+    anyone = json.dumps(iamsorry.role_trust_policy("arn:aws:iam::999999999999:root"))
+    iam.create_role(RoleName="iam-sorry-sue-open", AssumeRolePolicyDocument=anyone)
+    report = run_cli("--check-namespace")
+    assert report.returncode != 0
+    assert "Traceback" not in report.stderr
+    lines = report.stdout.splitlines()
+    expected = [
+        "user sue-stray was not made by iam-sorry",
+        "user sue-foreign is delegated to 'bob'",
+        "user sue-loose is not bounded by iam-sorry-sue-boundary",
+        "user sue-loose has 2 access keys",
+        "role iam-sorry-sue-open trusts more than, or other than, the base user",
+        "role iam-sorry-sue-open is not bounded by iam-sorry-sue-boundary",
+        "role iam-sorry-sue-open is untagged",
+    ]
+    for needle in expected:
+        assert any(line.startswith(needle) for line in lines), (needle, lines)
+    assert len(lines) == len(expected)
+    assert "7 finding(s)" in report.stderr
+    # An administrator checks any namespace with their own profile.
+    admin = run_cli("--profile", "aws-admin", "--check-namespace", "sue")
+    assert admin.returncode != 0 and admin.stdout == report.stdout

@@ -18,8 +18,15 @@ def test_seed_quick_start(aws: FakeAws, ed25519: Path) -> None:
     assert made.returncode == 0, made.stderr
     key_id, secret = parse_handover(made.stdout)
     iam = aws.client("iam")
-    policy = iam.get_user_policy(UserName="sue-mgr", PolicyName="iam-sorry-sue")["PolicyDocument"]
-    assert policy == iamsorry.manager_policy("sue", "123456789012")
+    attached = iam.list_attached_user_policies(UserName="sue-mgr")["AttachedPolicies"]
+    assert [p["PolicyName"] for p in attached] == ["iam-sorry-sue-manager"]
+    version = iam.get_policy_version(PolicyArn=attached[0]["PolicyArn"], VersionId="v1")["PolicyVersion"]
+    assert version["Document"] == iamsorry.manager_policy("sue", "123456789012")
+    assert iam.list_user_policies(UserName="sue-mgr")["PolicyNames"] == []
+    base = iam.get_user(UserName="sue")["User"]  # made by the administrator, so no other manager can claim it
+    assert base["Arn"] == "arn:aws:iam::123456789012:user/iam-sorry/sue"
+    assert base["PermissionsBoundary"]["PermissionsBoundaryArn"].endswith(":policy/iam-sorry-sue-boundary")
+    assert {t["Key"]: t["Value"] for t in base["Tags"]}["owner"] == "sue"
     assert key_id not in made.stderr and secret not in made.stderr
     # User, once: export and run a bare iam-sorry
     boot = run_cli(env={"AWS_ACCESS_KEY_ID": key_id, "AWS_SECRET_ACCESS_KEY": secret, "AWS_REGION": REGION})
@@ -29,9 +36,9 @@ def test_seed_quick_start(aws: FakeAws, ed25519: Path) -> None:
     fp = iamsorry.resolve_ssh_key().fingerprint
     assert profiles["sue-mgr"]["aws_access_key_id"].startswith(f"__encrypted__:v2:{fp[7:]}:")
     statuses = aws.key_status("sue-mgr")
-    assert statuses.pop(key_id) == "Inactive"  # the key the administrator saw
+    assert key_id not in statuses  # the key the administrator saw is gone
     assert list(statuses.values()) == ["Active"]
-    assert aws.whoami(profiles["sue"]) == "arn:aws:iam::123456789012:user/sue"
+    assert aws.whoami(profiles["sue"]) == "arn:aws:iam::123456789012:user/iam-sorry/sue"
     assert aws.key_status("sue") == {}  # the key used to mint was deleted
     assert iamsorry.read_aws_config()["sue"]["region"] == REGION
     # Daily
@@ -40,14 +47,14 @@ def test_seed_quick_start(aws: FakeAws, ed25519: Path) -> None:
     assert "Successfully updated profile 'sue'" in daily.stderr
     fresh = aws.profiles()["sue"]
     assert fresh["aws_access_key_id"] != profiles["sue"]["aws_access_key_id"]
-    assert aws.whoami(fresh) == "arn:aws:iam::123456789012:user/sue"
+    assert aws.whoami(fresh) == "arn:aws:iam::123456789012:user/iam-sorry/sue"
     # Shell scripts, with the real AWS CLI
     out = bash(
         'eval "$(iam-sorry --eval sue)" && aws sts get-caller-identity --output json',
         env={"PATH": f"{Path(iamsorry.__file__).parent}:{os.environ['PATH']}", "AWS_REGION": REGION},
     )
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["Arn"] == "arn:aws:iam::123456789012:user/sue"
+    assert json.loads(out.stdout)["Arn"] == "arn:aws:iam::123456789012:user/iam-sorry/sue"
     # Administrator: assign permissions to sue (moto has no AWS-managed policies, so inline)
     doc = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"s3:List*","Resource":"*"}]}'
     out = bash(

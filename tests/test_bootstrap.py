@@ -8,7 +8,17 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import REGION, FakeAws, assert_clean_error, exported, hand_over, iamsorry, run_cli, session_env
+from conftest import (
+    REGION,
+    FakeAws,
+    assert_clean_error,
+    exported,
+    hand_over,
+    iamsorry,
+    run_cli,
+    run_in_pty,
+    session_env,
+)
 
 
 def test_two_key_limit_stops_bootstrap_before_anything_changes(aws: FakeAws, ed25519: Path) -> None:
@@ -27,7 +37,7 @@ def test_bootstrap_with_temporary_keys_deactivates_nothing(aws: FakeAws, ed25519
     proc = run_cli(env={**session_env(session), "AWS_REGION": REGION})
     assert proc.returncode == 0, proc.stderr
     assert sorted(aws.key_status("sue-mgr").values()) == ["Active", "Active"]
-    assert aws.whoami(aws.profiles()["sue"]).endswith("user/sue")
+    assert aws.whoami(aws.profiles()["sue"]).endswith("user/iam-sorry/sue")
 
 
 def test_bootstrap_refuses_roles_and_bad_environment_keys(aws: FakeAws, ed25519: Path) -> None:
@@ -68,8 +78,7 @@ def _assert_a_working_key(aws: FakeAws, exported: tuple[str, str]) -> None:
         ("GetCallerIdentity", "AccessDenied", 403),
         ("ListAccessKeys", "AccessDenied", 403),
         ("CreateAccessKey", "LimitExceeded", 409),
-        ("UpdateAccessKey", "AccessDenied", 403),
-        ("CreateUser", "AccessDenied", 403),
+        ("DeleteAccessKey", "AccessDenied", 403),
         ("GetSessionToken", "AccessDenied", 403),
     ],
 )
@@ -81,8 +90,8 @@ def test_bootstrap_fault_at_each_aws_step_leaves_a_working_key(
     proc = run_cli(env={"AWS_ACCESS_KEY_ID": exported[0], "AWS_SECRET_ACCESS_KEY": exported[1], "AWS_REGION": REGION})
     assert "Traceback" not in proc.stderr
     _assert_a_working_key(aws, exported)
-    if action == "UpdateAccessKey":  # the new key is stored and works; we only warn
-        assert proc.returncode == 0 and "ask your administrator to deactivate" in proc.stderr
+    if action == "DeleteAccessKey":  # the new key is stored and works; we only warn
+        assert proc.returncode == 0 and "ask your administrator to delete" in proc.stderr
         assert sorted(aws.key_status("sue-mgr").values()) == ["Active", "Active"]
     else:
         assert_clean_error(proc, code)
@@ -175,16 +184,60 @@ def test_bootstrap_config_write_failure_leaves_no_dead_key(
     _bootstrap_with_fault(aws, monkeypatch, os, "replace", config_fails, iamsorry.StoreError, "quota")
 
 
-def test_bootstrap_base_user_failure_keeps_the_manager(aws: FakeAws, ed25519: Path) -> None:
-    exported = hand_over()
+def test_bootstrap_without_a_base_user_keeps_the_manager(aws: FakeAws, ed25519: Path) -> None:
+    exported_key = hand_over()
+    aws.client("iam").delete_user(UserName="sue")  # a namespace from before: the daily command makes it
+    proc = run_cli(env=exported(exported_key))
+    assert proc.returncode == 0, proc.stderr
+    assert "no base user yet" in proc.stderr and "sue" not in aws.profiles()
+    assert exported_key[0] not in aws.key_status("sue-mgr")  # the new key is stored and the old one gone
     aws.shim.fail("CreateUser", code="AccessDenied", times=1, status=403)
-    proc = run_cli(env={"AWS_ACCESS_KEY_ID": exported[0], "AWS_SECRET_ACCESS_KEY": exported[1], "AWS_REGION": REGION})
-    assert_clean_error(proc, "AccessDenied")
-    _assert_a_working_key(aws, exported)
-    assert aws.key_status("sue-mgr")[exported[0]] == "Inactive"
+    assert_clean_error(run_cli("sue"), "AccessDenied")
     assert run_cli("sue").returncode == 0  # rerunning the daily command finishes the job
+    assert aws.whoami(aws.profiles()["sue"]).endswith("user/iam-sorry/sue")
 
 
 def test_bare_run_with_a_manager_explains_itself(manager: FakeAws) -> None:
     proc = run_cli()
     assert proc.returncode == 0 and "manager [sue-mgr] is set up" in proc.stderr
+
+
+def test_a_bare_run_never_rotates_someone_elses_key(aws: FakeAws, ed25519: Path) -> None:
+    """A CI deploy user's keys in the environment: no manager tag, so one
+    clear error, zero AWS writes and no file created."""
+    iam = aws.client("iam")
+    iam.create_user(UserName="ci-deployer")
+    key = iam.create_access_key(UserName="ci-deployer")["AccessKey"]
+    creds = aws.home / ".aws" / "credentials"
+    before = creds.read_text()
+    aws.shim.reset_calls()
+    proc = run_cli(env=exported((key["AccessKeyId"], key["SecretAccessKey"])))
+    assert_clean_error(proc, "ci-deployer is not marked as an iam-sorry manager", "--create-iam-sorry")
+    assert set(aws.shim.calls) <= {"GetCallerIdentity", "GetUser"}  # reads only
+    assert aws.key_status("ci-deployer") == {key["AccessKeyId"]: "Active"}
+    assert creds.read_text() == before and not (aws.home / ".aws" / "credentials.lock").exists()
+    assert "ci" not in {u["UserName"] for u in iam.list_users()["Users"]}
+
+
+@pytest.mark.parametrize(("answer", "rotated"), [("n", False), ("y", True)])
+def test_an_unmarked_user_needs_a_yes_on_the_terminal(aws: FakeAws, ed25519: Path, answer: str, rotated: bool) -> None:
+    iam = aws.client("iam")
+    iam.create_user(UserName="ann-old")  # a manager from before managers were marked
+    key = iam.create_access_key(UserName="ann-old")["AccessKey"]
+    env = {**os.environ, **exported((key["AccessKeyId"], key["SecretAccessKey"]))}
+    status, shown = run_in_pty([], env, [answer], prompt=b"[y/N]")
+    assert "ann-old is not marked as an iam-sorry manager" in shown
+    assert (status == 0) is rotated, shown
+    assert (key["AccessKeyId"] in aws.key_status("ann-old")) is not rotated
+    assert ("ann-old" in aws.profiles()) is rotated
+
+
+def test_bootstrap_deletes_the_key_the_administrator_saw(aws: FakeAws, ed25519: Path) -> None:
+    key = hand_over()
+    proc = run_cli(env=exported(key))
+    assert proc.returncode == 0, proc.stderr
+    assert f"Exported key {iamsorry.mask_key_id(key[0])} deleted" in proc.stderr
+    (only,) = aws.key_status("sue-mgr")
+    assert only != key[0]
+    with pytest.raises(Exception, match="InvalidClientTokenId"):
+        aws.client("sts", *key).get_caller_identity()

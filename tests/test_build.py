@@ -8,16 +8,19 @@ SHIV_ROOT and HOME; nothing here reads the developer's home directory.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib.util
 import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,8 +46,9 @@ build = _load_build()
 
 
 def run_build(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, str(BUILD_PY), *args], capture_output=True, text=True,
-                          env=BUILD_ENV, timeout=timeout)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(BUILD_PY), *args], capture_output=True, text=True, env=BUILD_ENV, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc
 
@@ -59,8 +63,14 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("builds")
     procs = {}
     for name in ("a", "b"):
-        cmd = [sys.executable, str(BUILD_PY), "--dist", str(base / name / "dist"),
-               "--build-dir", str(base / name / "build")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(BUILD_PY),
+            "--dist",
+            str(base / name / "dist"),
+            "--build-dir",
+            str(base / name / "build"),
+        ]
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=BUILD_ENV)
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=900)
@@ -164,8 +174,16 @@ def test_shebang_run_uses_python3_from_path(pyz: Path, bare_python: Path, tmp_pa
 
 def test_twenty_concurrent_first_runs(pyz: Path, bare_python: Path, tmp_path: Path) -> None:
     env = node_env(tmp_path)
-    procs = [subprocess.Popen([str(bare_python), str(pyz), "--version"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(20)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [str(bare_python), str(pyz), "--version"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for _ in range(20)
+    ]
     results = [(*proc.communicate(timeout=300), proc.returncode) for proc in procs]
     assert all(code == 0 for _, _, code in results), [err for _, err, _ in results if err][:3]
     assert len({out for out, _, _ in results}) == 1
@@ -188,8 +206,12 @@ def test_interpreter_mode_imports_the_library(pyz: Path, bare_python: Path, tmp_
     proc = run_pyz(bare_python, pyz, str(script), "one", "two", env=env)
     assert proc.returncode == 0, proc.stderr
     packages = bundled_marker(pyz)["packages"]
-    assert proc.stdout.split()[:4] == ["ok", build.script_version(ROOT / "iam-sorry"), packages["boto3"],
-                                       packages["cryptography"]]  # fmt: skip
+    assert proc.stdout.split()[:4] == [
+        "ok",
+        build.script_version(ROOT / "iam-sorry"),
+        packages["boto3"],
+        packages["cryptography"],
+    ]
     assert "['one', 'two']" in proc.stdout
 
 
@@ -226,6 +248,193 @@ def test_old_extractions_are_removed(pyz: Path, bare_python: Path, tmp_path: Pat
     assert foreign.exists(), "other shiv apps are never touched"
     current = [p for p in root.glob("iam-sorry.pyz_*") if p.name != old.name]
     assert len(current) == 1 and (current[0] / build.STAMP_NAME).exists()
+
+
+# --------------------------------------------------------------------------
+# The bundle imports only from an extraction that is ours alone.  As root in
+# CI, "ours" means root's; the planted folders belong to nobody (65534).
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="folders of another uid need root")
+
+
+def extraction_name(pyz: Path) -> str:
+    with zipfile.ZipFile(pyz) as archive:
+        return f"{pyz.name}_{json.loads(archive.read('environment.json'))['build_id']}"
+
+
+def plant_pth(extraction: Path, marker: Path) -> None:
+    """An extraction whose site-packages runs code as soon as it is added to sys.path."""
+    site = extraction / "site-packages"
+    site.mkdir(parents=True)
+    (site / "planted.pth").write_text(f"import os; open({str(marker)!r}, 'w').close()\n")
+
+
+def give_away(path: Path) -> None:
+    for folder, _, files in os.walk(path):
+        os.chown(folder, NOBODY, NOBODY)
+        for name in files:
+            os.chown(os.path.join(folder, name), NOBODY, NOBODY)
+
+
+def _foreign_extraction(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+    root = tmp / "shiv"
+    root.mkdir(mode=0o700)
+    plant_pth(root / name, marker)
+    give_away(root / name)
+    return root, root / name
+
+
+def _foreign_half_extraction(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+    """shiv extracts into <name>.tmp and renames it into place, keeping what is there."""
+    root = tmp / "shiv"
+    root.mkdir(mode=0o700)
+    plant_pth(root / f"{name}.tmp", marker)
+    give_away(root / f"{name}.tmp")
+    return root, root / f"{name}.tmp"
+
+
+def _shared_root(mode: int) -> Callable[[Path, str, Path], tuple[Path, Path]]:
+    def make(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+        root = tmp / "shiv"
+        root.mkdir()
+        plant_pth(root / name, marker)
+        root.chmod(mode)
+        return root, root
+
+    return make
+
+
+def _foreign_root(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+    root = tmp / "shiv"
+    root.mkdir(mode=0o755)
+    plant_pth(root / name, marker)
+    os.chown(root, NOBODY, NOBODY)
+    return root, root
+
+
+def _link_into_foreign_folder(tmp: Path, name: str, marker: Path) -> tuple[Path, Path]:
+    other = tmp / "other"
+    other.mkdir(mode=0o755)
+    (other / "shiv").mkdir(mode=0o700)
+    plant_pth(other / "shiv" / name, marker)
+    os.chown(other, NOBODY, NOBODY)
+    link = tmp / "shiv"
+    link.symlink_to(other / "shiv")
+    return link, link
+
+
+@pytest.mark.parametrize(
+    "plant",
+    [
+        pytest.param(_foreign_extraction, marks=needs_root, id="extraction-of-another-uid"),
+        pytest.param(_foreign_half_extraction, marks=needs_root, id="half-extraction-of-another-uid"),
+        pytest.param(_shared_root(0o775), id="group-writable-root"),
+        pytest.param(_shared_root(0o777), id="world-writable-root"),
+        pytest.param(_shared_root(0o1777), id="sticky-root"),
+        pytest.param(_foreign_root, marks=needs_root, id="root-of-another-uid"),
+        pytest.param(_link_into_foreign_folder, marks=needs_root, id="root-linked-into-another-uids-folder"),
+    ],
+)
+def test_a_planted_extraction_never_runs(
+    pyz: Path, bare_python: Path, tmp_path: Path, plant: Callable[[Path, str, Path], tuple[Path, Path]]
+) -> None:
+    marker = tmp_path / "planted-code-ran"
+    root, named = plant(tmp_path, extraction_name(pyz), marker)
+    # Both start-up paths: the fast one, and shiv's bootstrap (interpreter mode).
+    for extra in ({}, {"SHIV_INTERPRETER": "1"}):
+        proc = run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path, SHIV_ROOT=str(root), **extra))
+        assert not marker.exists(), proc.stderr
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.splitlines()
+        assert len(lines) == 2, proc.stderr
+        assert lines[0].startswith(f"iam-sorry: error: {named} ") and lines[1].startswith("iam-sorry: hint: ")
+
+
+@needs_root
+def test_a_planted_lock_file_never_truncates_a_file(pyz: Path, bare_python: Path, tmp_path: Path) -> None:
+    """shiv opens its lock with O_TRUNC and follows links."""
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    root = tmp_path / "shiv"
+    root.mkdir(mode=0o700)
+    lock = root / f".{extraction_name(pyz)}_lock"
+    lock.symlink_to(precious)
+    os.lchown(lock, NOBODY, NOBODY)
+    proc = run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path))
+    assert precious.read_text() == "keep me"
+    assert proc.returncode == 1 and proc.stderr.startswith(f"iam-sorry: error: {lock} "), proc.stderr
+
+
+def test_the_planted_pth_would_run_from_an_extraction_that_is_ours(
+    pyz: Path, bare_python: Path, tmp_path: Path
+) -> None:
+    """The control for the test above: the same plant, ours, does run."""
+    marker = tmp_path / "planted-code-ran"
+    root = tmp_path / "shiv"
+    root.mkdir(mode=0o700)
+    plant_pth(root / extraction_name(pyz), marker)
+    run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path))
+    assert marker.exists()
+
+
+def test_first_extraction_is_private_whatever_the_umask(pyz: Path, bare_python: Path, tmp_path: Path) -> None:
+    """SHIV_ROOT is created 0700 and shiv extracts with no group/other write
+    bits, so the next run passes the check; the entry point still sees the
+    caller's umask."""
+    script = tmp_path / "umask.py"
+    script.write_text("import os\nprint(oct(os.umask(0)))\n")
+    root = tmp_path / "new" / "shiv"
+    env = node_env(tmp_path, SHIV_ROOT=str(root))
+    cmd = [str(bare_python), "-X", "importtime", str(pyz)]
+    first = subprocess.run(
+        [*cmd, str(script)],
+        env={**env, "SHIV_INTERPRETER": "1"},
+        umask=0o002,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == "0o2\n" and "| _bootstrap\n" in first.stderr
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    written = [Path(d, n) for d, dirs, files in os.walk(root) for n in [*dirs, *files]]
+    assert len(written) > 1000 and not [p for p in written if p.lstat().st_mode & 0o022]
+
+    again = subprocess.run([*cmd, "--version"], env=env, umask=0o002, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "_bootstrap" not in again.stderr, "an extraction that is ours takes the fast path"
+
+
+@pytest.mark.parametrize("runtime_dir", ["private", "shared", "unset"])
+def test_default_root_is_private(pyz: Path, bare_python: Path, tmp_path: Path, runtime_dir: str) -> None:
+    """$XDG_RUNTIME_DIR/shiv when that folder is ours alone, else ~/.shiv."""
+    env = node_env(tmp_path)
+    del env["SHIV_ROOT"]
+    env.pop("XDG_RUNTIME_DIR", None)
+    runtime = tmp_path / "run"
+    if runtime_dir != "unset":
+        runtime.mkdir(mode=0o700)
+        runtime.chmod(0o700 if runtime_dir == "private" else 0o777)
+        env["XDG_RUNTIME_DIR"] = str(runtime)
+    proc = run_pyz(bare_python, pyz, "--version", env=env)
+    assert proc.returncode == 0, proc.stderr
+    expected = runtime / "shiv" if runtime_dir == "private" else tmp_path / "home" / ".shiv"
+    assert (expected / extraction_name(pyz) / "site-packages").is_dir()
+    assert stat.S_IMODE(expected.stat().st_mode) == 0o700
+    assert list((tmp_path / "home").iterdir()) == ([] if runtime_dir == "private" else [expected])
+
+
+def test_stub_applies_the_scripts_rule_verbatim(pyz: Path) -> None:
+    """One "ours alone" rule: __main__.py holds the script's functions, unchanged."""
+    with zipfile.ZipFile(pyz) as archive:
+        stub = archive.read("__main__.py").decode()
+    script = (ROOT / "iam-sorry").read_text()
+    for name in build.SHARED_WITH_SCRIPT:
+        [source] = build.function_sources(script, [name])
+        assert source in stub
+        dumps = [ast.dump(n) for tree in (stub, script) for n in ast.parse(tree).body if getattr(n, "name", "") == name]
+        assert len(dumps) == 2 and dumps[0] == dumps[1], name
 
 
 def test_slim_bundle_has_only_the_needed_models(builds: dict[str, Path], bare_python: Path, tmp_path: Path) -> None:
@@ -286,8 +495,8 @@ def test_bundle_bootstraps_the_quick_start_on_a_bare_interpreter(
     key_id, _ = _quick_start(pyz, bare_python, aws, env)
     profiles = aws.profiles()
     assert iamsorry.is_sealed(profiles["sue-mgr"]["aws_access_key_id"])
-    assert aws.key_status("sue-mgr").get(key_id) == "Inactive"  # the key the administrator saw
-    assert aws.whoami(profiles["sue"]) == "arn:aws:iam::123456789012:user/sue"
+    assert key_id not in aws.key_status("sue-mgr")  # the key the administrator saw is gone
+    assert aws.whoami(profiles["sue"]) == "arn:aws:iam::123456789012:user/iam-sorry/sue"
 
 
 def test_bundle_eval_in_bash_yields_sues_identity(
@@ -304,18 +513,21 @@ def test_bundle_eval_in_bash_yields_sues_identity(
     # because `python3` on this PATH is the bare one without boto3.  It sees
     # no AWS keys but what the eval exported: there is no [default] profile.
     whoami = "import boto3; print(boto3.client('sts').get_caller_identity()['Arn'])"
-    script = "\n".join([
-        "set -e",
-        f'[ "$(command -v python3)" = {shlex.quote(str(bare_python.parent / "python3"))} ]',
-        'eval "$(./iam-sorry.pyz --eval sue)"',
-        '[ -n "$AWS_SESSION_TOKEN" ]',
-        f"{shlex.quote(sys.executable)} -c {shlex.quote(whoami)}",
-    ])  # fmt: skip
+    script = "\n".join(
+        [
+            "set -e",
+            f'[ "$(command -v python3)" = {shlex.quote(str(bare_python.parent / "python3"))} ]',
+            'eval "$(./iam-sorry.pyz --eval sue)"',
+            '[ -n "$AWS_SESSION_TOKEN" ]',
+            f"{shlex.quote(sys.executable)} -c {shlex.quote(whoami)}",
+        ]
+    )
     path = f"{bare_python.parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, cwd=node, timeout=300,
-                         env={**env, "PATH": path})  # fmt: skip
+    out = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, cwd=node, timeout=300, env={**env, "PATH": path}
+    )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "arn:aws:iam::123456789012:user/sue"
+    assert out.stdout.strip() == "arn:aws:iam::123456789012:user/iam-sorry/sue"
 
 
 # --------------------------------------------------------------------------
@@ -324,15 +536,25 @@ def test_bundle_eval_in_bash_yields_sues_identity(
 
 def test_cross_version_vendor_dir(builds: dict[str, Path], tmp_path: Path) -> None:
     dest = tmp_path / "vendor"
-    run_build("--vendor", str(dest), "--python-version", "3.9", "--platform", "manylinux2014_x86_64",
-              "--build-dir", str(builds["build_dir"]))  # fmt: skip
+    run_build(
+        "--vendor",
+        str(dest),
+        "--python-version",
+        "3.9",
+        "--platform",
+        "manylinux2014_x86_64",
+        "--build-dir",
+        str(builds["build_dir"]),
+    )
     marker = json.loads((dest / build.MARKER_NAME).read_text())
     assert set(marker) == {"python", "platform", "machine", "glibc", "packages", "slim"}
     assert (marker["python"], marker["platform"], marker["machine"]) == ("3.9", "manylinux2014_x86_64", "x86_64")
     assert marker["glibc"] == "2.17" and marker["slim"] is False
     target = build.make_target("3.9", "manylinux2014_x86_64")
-    pins = build.select_for_target(build.parse_lock_section(build.read_lock_sections(build.DEFAULT_LOCK)["runtime"]),
-                                   build.target_environment(target))  # fmt: skip
+    pins = build.select_for_target(
+        build.parse_lock_section(build.read_lock_sections(build.DEFAULT_LOCK)["runtime"]),
+        build.target_environment(target),
+    )
     assert marker["packages"] == {name: entry.requirement.partition("==")[2] for name, entry in pins.items()}
     # The pitfall: a 3.11+ build host would drop typing-extensions (cryptography
     # needs it below 3.11) and pick a urllib3 that botocore forbids below 3.10.
@@ -345,8 +567,12 @@ def test_vendor_refuses_to_replace_a_foreign_directory(builds: dict[str, Path], 
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "data.txt").write_text("keep me")
-    proc = subprocess.run([sys.executable, str(BUILD_PY), "--vendor", str(precious), "--build-dir",
-                           str(builds["build_dir"])], capture_output=True, text=True, env=BUILD_ENV)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(BUILD_PY), "--vendor", str(precious), "--build-dir", str(builds["build_dir"])],
+        capture_output=True,
+        text=True,
+        env=BUILD_ENV,
+    )
     assert proc.returncode == 1 and "refusing" in proc.stderr
     assert (precious / "data.txt").read_text() == "keep me"
 
@@ -366,8 +592,15 @@ def _dist(site: Path, name: str, version: str, *requires: str, requires_python: 
 
 def test_marker_check_evaluates_for_the_target(tmp_path: Path) -> None:
     """What pip --python-version 3.9 on a 3.11 host installs: the host's choice."""
-    _dist(tmp_path, "app", "1.0", 'legacy>=2; python_version < "3.10"', 'modern; python_version >= "3.10"',
-          'winonly; sys_platform == "win32"', requires_python=">=3.8")  # fmt: skip
+    _dist(
+        tmp_path,
+        "app",
+        "1.0",
+        'legacy>=2; python_version < "3.10"',
+        'modern; python_version >= "3.10"',
+        'winonly; sys_platform == "win32"',
+        requires_python=">=3.8",
+    )
     _dist(tmp_path, "modern", "1.0")
     env39 = build.target_environment(build.make_target("3.9", "manylinux2014_x86_64"))
     env311 = build.target_environment(build.make_target("3.11", "manylinux2014_aarch64"))
@@ -422,8 +655,9 @@ def test_target_names() -> None:
         build.make_target("3.11", "win_amd64")
 
 
-def test_target_check_refuses_the_wrong_interpreter(monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_target_check_refuses_the_wrong_interpreter(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     built_for = {"python": "2.7", "machine": "x86_64", "platform": "manylinux2014_x86_64", "glibc": None}
     monkeypatch.setattr(build, "BUILT_FOR", built_for)
     with pytest.raises(SystemExit):
@@ -433,8 +667,10 @@ def test_target_check_refuses_the_wrong_interpreter(monkeypatch: pytest.MonkeyPa
     build.bundle_check_target("/nowhere")
 
 
-@pytest.mark.skipif(not (hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc ")),
-                    reason="needs glibc")  # fmt: skip
+@pytest.mark.skipif(
+    not (hasattr(os, "confstr") and (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc ")),
+    reason="needs glibc",
+)
 def test_target_check_refuses_an_old_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
     here = {"python": f"{sys.version_info[0]}.{sys.version_info[1]}", "machine": os.uname().machine, "platform": "host"}
     monkeypatch.setattr(build, "BUILT_FOR", {**here, "glibc": "2.17"})

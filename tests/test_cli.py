@@ -77,7 +77,7 @@ def test_every_option_is_declared_once_and_the_fast_path_takes_only_fast_ones() 
     fast = sorted(flag for opt in options if "fast" in opt.traits for flag in opt.flags)
     assert fast == sorted(
         ["--eval", "--credential-process", "--shell", "--min-ttl", "--profile", "--ssh-key", "--duration"]
-        + ["--quiet", "-q", "--debug", "--json"]
+        + ["--quiet", "-q", "--debug", "--json", "--broker"]
     )
     for opt in options:  # what is not fast goes to argparse, whole
         if "fast" not in opt.traits and opt.flags and not isinstance(opt, iamsorry._Version):

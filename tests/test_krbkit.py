@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,6 @@ SPNEGO = "1.3.6.1.5.5.2"
 KRB5 = "1.2.840.113554.1.2.2"
 KRB5KRB_AP_ERR_TKT_EXPIRED = -1765328352 & 0xFFFFFFFF
 KRB5_FCC_NOFILE = -1765328189 & 0xFFFFFFFF
-
-
-@pytest.fixture(scope="session")
-def krb_realm() -> Iterator[krbkit.Realm]:
-    yield from krbkit.session_realm()
 
 
 @pytest.fixture

@@ -18,6 +18,15 @@ def test_ruff_is_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
+def test_ruff_format_is_clean() -> None:
+    """One layout for the script, build.py and the tests: ruff format's."""
+    proc = subprocess.run(
+        ["ruff", "format", "--check", "iam-sorry", "build.py", "tests"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_mypy_is_clean() -> None:
     pytest.importorskip("mypy")
     proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
@@ -38,12 +47,16 @@ def test_sections_are_in_dependency_order() -> None:
         "Profile store",
         "Namespaces and policies",
         "AWS",
+        "Broker client",
         "Minting",
         "Bootstrap",
         "Administration",
         "Profile maintenance",
         "Output formats",
         "Python API",
+        "Service configuration",
+        "Audit",
+        "HTTP API",
         "Vendored packages",
         "CLI and main",
     ]

@@ -127,3 +127,27 @@ def test_profiles_show_owner_and_time_left(manager: FakeAws) -> None:
     rows = {r["profile"]: r for r in json.loads(run_cli("--profiles", "--json").stdout)}
     assert rows["sue"]["kind"] == "session" and 2 * 3600 < rows["sue"]["seconds_left"] <= 2 * 3600 + 330
     assert rows["old"]["seconds_left"] < 0 and rows["sue-lambda"]["role_arn"].endswith("role/iam-sorry-sue-lambda")
+
+
+def test_backups_never_write_through_a_planted_link(private_home: Path, tmp_path: Path, monkeypatch) -> None:
+    """A neighbour who can write the folder plants links at every name it can
+    predict; the backup name carries a random part, and even a link at that
+    exact name is refused (O_EXCL|O_NOFOLLOW), leaving its target alone."""
+    creds = creds_file(private_home)
+    creds.write_text("[sue-mgr]\naws_access_key_id = x\naws_secret_access_key = y\n")
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    stamp = iamsorry.format_time(iamsorry.now()).replace("-", "").replace(":", "")
+    (creds.parent / f"credentials.bak-{stamp}").symlink_to(victim)  # the 0.3 name
+    proc = run_cli("--reset", "--yes", "--profile", "sue-mgr")
+    assert proc.returncode == 0, proc.stderr
+    (backup,) = [p for p in creds.parent.iterdir() if p.name.startswith("credentials.bak-") and not p.is_symlink()]
+    assert len(backup.name) == len(f"credentials.bak-{stamp}-") + 12
+    assert backup.stat().st_mode & 0o777 == 0o600 and "sue-mgr" in backup.read_text()
+    assert victim.read_text() == "precious\n"
+    monkeypatch.setattr("secrets.token_hex", lambda n: "0" * 2 * n)
+    planted = Path(f"{creds}.bak-{stamp}-{'0' * 12}")
+    planted.symlink_to(victim)
+    with pytest.raises(iamsorry.StoreError, match="cannot write the backup"):
+        iamsorry.write_backup(str(creds), "secret text")
+    assert victim.read_text() == "precious\n"

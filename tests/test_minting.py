@@ -12,7 +12,7 @@ def test_every_minted_profile_belongs_to_its_user(manager: FakeAws) -> None:
         proc = run_cli(name, "--duration", hours)
         assert proc.returncode == 0, proc.stderr
         profile = manager.profiles()[name]
-        assert manager.whoami(profile) == f"arn:aws:iam::123456789012:user/{name}"
+        assert manager.whoami(profile) == f"arn:aws:iam::123456789012:user/iam-sorry/{name}"
         assert profile["credentials_owner"] == name
         left = iamsorry.parse_time(profile["expiration"]) - iamsorry.now()
         assert int(hours) * 3600 - 120 < left <= int(hours) * 3600
@@ -26,7 +26,7 @@ def test_mint_waits_for_key_propagation(manager: FakeAws) -> None:
     manager.shim.propagation_delay = 2.0
     proc = run_cli("sue-slow")
     assert proc.returncode == 0, proc.stderr
-    assert manager.whoami(manager.profiles()["sue-slow"]).endswith("user/sue-slow")
+    assert manager.whoami(manager.profiles()["sue-slow"]).endswith("user/iam-sorry/sue-slow")
     assert manager.shim.calls["GetSessionToken"] >= 2  # rejected while propagating, then accepted
 
 
@@ -63,7 +63,7 @@ def test_eval_refreshes_expired_and_nearly_expired_credentials(manager: FakeAws)
     assert calls == {"GetUser": 1, "CreateAccessKey": 1, "GetSessionToken": 1, "DeleteAccessKey": 1}
     fresh = manager.profiles()["sue"]
     assert fresh["aws_access_key_id"] != old and fresh["aws_access_key_id"] in proc.stdout
-    assert manager.whoami(fresh).endswith("user/sue")
+    assert manager.whoami(fresh).endswith("user/iam-sorry/sue")
     soon = iamsorry.format_time(iamsorry.now() + 600)
     expire_profile("sue", soon)
     assert fresh["aws_access_key_id"] not in run_cli("--eval", "sue").stdout  # inside the 15-minute window
@@ -77,19 +77,34 @@ def test_min_ttl_zero_keeps_credentials_until_expiry(manager: FakeAws) -> None:
     assert key not in run_cli("--eval", "sue").stdout
 
 
-def test_namespace_users_are_tagged_ours_so_no_other_manager_can_claim_them(manager: FakeAws) -> None:
+def test_namespace_users_are_owned_from_creation_and_older_users_are_never_swallowed(manager: FakeAws) -> None:
     iam = manager.client("iam")
-    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="sue")["Tags"]}
-    assert tags == {"owner": "sue", "delegated-by": "sue-mgr"}
-    iam.create_user(UserName="sue-legacy")  # made by the administrator, untagged
-    assert run_cli("sue-legacy").returncode == 0
-    tags = {t["Key"]: t["Value"] for t in iam.list_user_tags(UserName="sue-legacy")["Tags"]}
-    assert tags == {"owner": "sue", "delegated-by": "sue-mgr"}
-    assert manager.whoami(manager.profiles()["sue-legacy"]).endswith("user/sue-legacy")
+    assert run_cli("sue-new").returncode == 0
+    made = iam.get_user(UserName="sue-new")["User"]
+    assert made["Path"] == "/iam-sorry/"
+    assert made["PermissionsBoundary"]["PermissionsBoundaryArn"].endswith(":policy/iam-sorry-sue-boundary")
+    assert {t["Key"]: t["Value"] for t in made["Tags"]} == {"owner": "sue", "delegated-by": "sue-mgr"}
+    # A user that existed before the namespace, with an admin policy: never tagged, never minted.
+    iam.create_user(UserName="sue-prod-deployer")
+    admin = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
+    iam.put_user_policy(UserName="sue-prod-deployer", PolicyName="everything", PolicyDocument=admin)
+    manager.shim.reset_calls()
+    proc = run_cli("sue-prod-deployer")
+    assert_clean_error(proc, "was not made by iam-sorry", "--adopt sue-prod-deployer --owner sue")
+    assert set(manager.shim.calls) == {"GetUser"}  # looked, wrote nothing
+    assert iam.list_user_tags(UserName="sue-prod-deployer")["Tags"] == []
+    assert manager.key_status("sue-prod-deployer") == {}
+    # Only an administrator hands it over; then it is the namespace's.
+    adopt = run_cli("--profile", "aws-admin", "--adopt", "sue-prod-deployer", "--owner", "sue")
+    assert adopt.returncode == 0, adopt.stderr
+    assert "inline everything" in adopt.stderr  # the administrator sees what the manager can now mint
+    minted = run_cli("sue-prod-deployer")
+    assert minted.returncode == 0, minted.stderr
+    assert manager.whoami(manager.profiles()["sue-prod-deployer"]).endswith("user/iam-sorry/sue-prod-deployer")
     # Another manager trying to claim sue's users finds them owned.
     dirk = iamsorry.Manager("dirk-mgr", iamsorry.Creds(*ADMIN_KEY), "dirk-mgr", REGION)
     with pytest.raises(iamsorry.NamespaceError, match="already delegated to 'sue'"):
-        iamsorry.chown_user(dirk, "sue-legacy", "sue")
+        iamsorry.chown_user(dirk, "sue-new", "sue")
 
 
 def test_minting_never_overwrites_a_long_term_profile(manager: FakeAws) -> None:

@@ -304,3 +304,67 @@ def test_server_serves_a_subprocess_via_aws_endpoint_url(server: str, tmp_path: 
     assert result["arn"] == "arn:aws:iam::123456789012:user/tess"
     assert shim.identity_of(result["key"]) == result["arn"]
     assert shim.calls["GetSessionToken"] == 1
+
+
+def _role(name: str, trust: dict[str, Any], path: str = "/") -> str:
+    return str(
+        client("iam").create_role(RoleName=name, Path=path, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+    )
+
+
+def _trust(principal: str, actions: list[str], condition: dict[str, Any] | None = None) -> dict[str, Any]:
+    stmt: dict[str, Any] = {"Effect": "Allow", "Principal": {"AWS": principal}, "Action": actions}
+    if condition:
+        stmt["Condition"] = condition
+    return {"Version": "2012-10-17", "Statement": [stmt]}
+
+
+def test_assume_role_records_source_identity_session_name_and_tags(shim: moto_shim.Shim) -> None:
+    caller = new_user("svc")
+    caller_arn = client("sts", caller).get_caller_identity()["Arn"]
+    actions = ["sts:AssumeRole", "sts:SetSourceIdentity", "sts:TagSession"]
+    arn = _role("ns", _trust(caller_arn, actions, {"StringLike": {"sts:SourceIdentity": "*@REALM"}}), "/svc/")
+    assumed = client("sts", caller).assume_role(
+        RoleArn=arn, RoleSessionName="sue@REALM", SourceIdentity="sue@REALM", Tags=[{"Key": "g", "Value": "a b"}]
+    )["Credentials"]
+    session = shim.role_session(assumed["AccessKeyId"])
+    assert session == moto_shim.RoleSession(arn, "sue@REALM", "sue@REALM", {"g": "a b"}, caller_arn)
+    shim.reset_calls()
+    client("iam", assumed).list_users()
+    assert shim.log == [moto_shim.Call("iam", "ListUsers", assumed["AccessKeyId"], "sue@REALM", "sue@REALM")]
+    assert shim.calls_of("sts") == []
+
+
+@pytest.mark.parametrize(
+    ("trust_actions", "condition", "request_args", "why"),
+    [
+        (["sts:AssumeRole"], None, {"SourceIdentity": "sue@REALM"}, "SetSourceIdentity not trusted"),
+        (["sts:AssumeRole", "sts:SetSourceIdentity"], None, {"Tags": [{"Key": "g", "Value": "x"}]}, "no TagSession"),
+        (["sts:AssumeRole", "sts:SetSourceIdentity"], {"StringLike": {"sts:SourceIdentity": "*@REALM"}}, {}, "no id"),
+        (["sts:AssumeRole", "sts:SetSourceIdentity"], {"StringLike": {"sts:SourceIdentity": "*@REALM"}},
+         {"SourceIdentity": "sue@ELSEWHERE"}, "id of another realm"),
+    ],
+)  # fmt: skip
+def test_assume_role_enforces_the_trust_policy(
+    shim: moto_shim.Shim, trust_actions: list[str], condition: Any, request_args: dict[str, Any], why: str
+) -> None:
+    caller = new_user("svc")
+    arn = _role("ns", _trust(client("sts", caller).get_caller_identity()["Arn"], trust_actions, condition))
+    code, _, status = error_of(client("sts", caller).assume_role, RoleArn=arn, RoleSessionName="s1", **request_args)
+    assert (code, status) == ("AccessDenied", 403), why
+
+
+def test_assume_role_needs_the_role_and_a_trusted_caller(shim: moto_shim.Shim) -> None:
+    stranger = new_user("stranger")
+    arn = _role("ns", _trust("arn:aws:iam::123456789012:user/someone-else", ["sts:AssumeRole"]))
+    assert error_of(client("sts", stranger).assume_role, RoleArn=arn, RoleSessionName="s1")[0] == "AccessDenied"
+    missing = "arn:aws:iam::123456789012:role/never-made"
+    assert error_of(client("sts", stranger).assume_role, RoleArn=missing, RoleSessionName="s1")[0] == "AccessDenied"
+    account_wide = _role("open", _trust("arn:aws:iam::123456789012:root", ["sts:AssumeRole"]))
+    assert client("sts", stranger).assume_role(RoleArn=account_wide, RoleSessionName="s1")["Credentials"]
+
+
+def test_service_specific_credentials_are_listed_as_none(shim: moto_shim.Shim) -> None:
+    new_user("uma")
+    assert client("iam").list_service_specific_credentials(UserName="uma")["ServiceSpecificCredentials"] == []
+    assert error_of(client("iam").list_service_specific_credentials, UserName="nobody")[0] == "NoSuchEntity"

@@ -39,12 +39,13 @@ def test_a_multi_dash_manager_is_refused_outside_it(name: str, needle: str) -> N
         assert "(prefix 'sue')" in str(err.value)
 
 
-def test_delegation_compares_first_dash_prefixes() -> None:
-    assert iamsorry.delegated_away({"owner": "sue"}, "sue") is None
-    assert iamsorry.delegated_away({"owner": "dirk"}, "sue") == "dirk"
-    assert iamsorry.delegated_away({"owner": "zed"}, "sue") == "zed"  # sorts after sue: still another namespace
-    assert iamsorry.delegated_away({"owner": "sue-team-mgr"}, "sue") is None
-    assert iamsorry.delegated_away({}, "sue") is None
+def test_ownership_compares_whole_prefixes() -> None:
+    def user(owner: str) -> dict[str, object]:
+        return {"Path": iamsorry.USER_PATH, "TagMap": {"owner": owner}}
+
+    assert iamsorry.foreign_reason(user("sue"), "sue") is None
+    for other in ("dirk", "zed", "sue-team"):  # before and after sue, and sue's own prefix extended
+        assert iamsorry.foreign_reason(user(other), "sue") == f"is delegated to '{other}' (by ?)"
 
 
 def test_manager_a_b_c_end_to_end(aws: FakeAws, ed25519: Path) -> None:
@@ -52,15 +53,14 @@ def test_manager_a_b_c_end_to_end(aws: FakeAws, ed25519: Path) -> None:
     made = run_cli("--profile", "aws-admin", "--create-iam-sorry", "a-b-c")
     assert made.returncode == 0, made.stderr
     assert "namespace a, a-*" in made.stdout
-    policies = aws.client("iam").list_user_policies(UserName="a-b-c")["PolicyNames"]
-    assert policies == ["iam-sorry-a"]
+    attached = aws.client("iam").list_attached_user_policies(UserName="a-b-c")["AttachedPolicies"]
+    assert [p["PolicyName"] for p in attached] == [iamsorry.manager_policy_name("a")]
     boot = run_cli(env=exported(parse_handover(made.stdout)))
     assert boot.returncode == 0, boot.stderr
-    assert aws.whoami(aws.profiles()["a"]).endswith(":user/a")  # the base user is the prefix
-    for name in ("a-b", "a-x-y"):
+    for name in ("a", "a-b", "a-x-y"):  # the base user is the prefix
         proc = run_cli(name)
         assert proc.returncode == 0, proc.stderr
-        assert aws.whoami(aws.profiles()[name]).endswith(f":user/{name}")
+        assert aws.whoami(aws.profiles()[name]).endswith(f":user{iamsorry.USER_PATH}{name}")
     for name in ("b-x", "ab"):
         assert_clean_error(run_cli(name), "outside your namespace", "prefix 'a'")
     assert_clean_error(run_cli("a-b-c"), "the manager itself")

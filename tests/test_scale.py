@@ -69,7 +69,7 @@ def test_forty_parallel_evals_mint_once(manager: FakeAws) -> None:
     assert set(iamsorry.read_aws_credentials()) == names
     assert iamsorry.read_aws_credentials()["sue-mgr"]["aws_secret_access_key"] == sealed
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert manager.whoami(iamsorry.read_aws_credentials()["sue"]).endswith("user/sue")
+    assert manager.whoami(iamsorry.read_aws_credentials()["sue"]).endswith("user/iam-sorry/sue")
 
 
 def test_waiting_is_bounded_and_names_the_lock(manager: FakeAws) -> None:

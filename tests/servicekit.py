@@ -1,0 +1,295 @@
+"""A real ``iam-sorry serve`` for tests, the demo and the benchmark: gunicorn
+over TLS (a trustme certificate), the throwaway Kerberos realm's keytab, a
+moto server for AWS, and the AWS side made by ``--setup-service`` itself.
+
+    with running_service(realm, moto_url, folder) as svc:
+        svc.curl("sue", "/v1/whoami")
+        svc.client_env("sue")          # for iam-sorry --broker svc.url ...
+
+The server is a subprocess in its own session, stopped by its pid (SIGTERM,
+then SIGKILL) also when the block fails; its stderr goes to ``svc.log``."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "iam-sorry"
+ADMIN_KEY = ("AKIAADMINADMINADMIN1", "admin/secret/admin/secret/admin/secret00")
+REGION = "us-west-2"
+
+#: The namespaces every test service has: sue's own (everything, for sue),
+#: and a lab namespace that sue and ann share for credentials and listing.
+NAMESPACES = """
+[groups]
+lab = ["sue", "ann"]
+
+[namespaces.sue]
+members = ["sue"]
+actions = ["credentials", "create-user", "delete-user", "attach-policy", "detach-policy", "create-role",
+           "service-key", "list"]
+policies = ["arn:aws:iam::123456789012:policy/team-readonly", "arn:aws:iam::123456789012:policy/sue-*"]
+max_hours = 36
+
+[namespaces.lab]
+members = ["group:lab"]
+actions = ["credentials", "list"]
+max_hours = 12
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_tls(folder: Path) -> tuple[Path, Path, Path]:
+    """(CA certificate, server certificate chain, server key) for localhost."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    paths = folder / "ca.pem", folder / "tls.crt", folder / "tls.key"
+    ca.cert_pem.write_to_path(str(paths[0]))
+    cert.private_key_pem.write_to_path(str(paths[2]))
+    paths[1].write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    paths[2].chmod(0o600)
+    return paths
+
+
+def write_config(folder: Path, realm: Any, port: int, extra: str = "", namespaces: str = NAMESPACES) -> Path:
+    config = folder / "service.toml"
+    config.write_text(
+        f"""[service]
+listen = "127.0.0.1:{port}"
+tls_cert = "tls.crt"
+tls_key = "tls.key"
+keytab = "{realm.keytab}"
+realms = ["{realm.realm}"]
+audit = "sqlite:///audit/audit.db"
+region = "{REGION}"
+aws_profile = "iam-sorry-service"
+audit_timeout = 1
+{extra}
+{namespaces}"""
+    )
+    return config
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without AWS, iam-sorry or Kerberos settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "IAM_SORRY_", "KRB5", "SSL_CERT"))}
+    env.update(AWS_EC2_METADATA_DISABLED="true", **extra)
+    return env
+
+
+def admin_home(folder: Path) -> Path:
+    """A HOME whose [aws-admin] profile is the fake account's administrator."""
+    home = folder / "admin"
+    (home / ".aws").mkdir(parents=True, exist_ok=True)
+    creds = home / ".aws" / "credentials"
+    creds.write_text(f"[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n")
+    creds.chmod(0o600)
+    (home / ".aws" / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
+    return home
+
+
+def setup_service(folder: Path, config: Path, moto_url: str) -> subprocess.CompletedProcess[str]:
+    """``iam-sorry --profile aws-admin --setup-service CONFIG`` as the administrator."""
+    env = clean_env(HOME=str(admin_home(folder)), AWS_ENDPOINT_URL=moto_url)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--profile", "aws-admin", "--setup-service", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def store_service_key(folder: Path, handover: str) -> Path:
+    """The key --setup-service printed, as the service's AWS credentials file."""
+    section = handover[handover.index("[iam-sorry-service]") :]
+    lines = [ln for ln in section.splitlines() if ln.startswith(("[", "aws_"))][:3]
+    aws = folder / "service-aws"
+    aws.mkdir(exist_ok=True)
+    (aws / "credentials").write_text("\n".join(lines) + "\n")
+    (aws / "credentials").chmod(0o600)
+    (aws / "config").write_text(f"[profile iam-sorry-service]\nregion = {REGION}\n")
+    return aws
+
+
+@dataclass
+class Service:
+    folder: Path
+    realm: Any
+    config: Path
+    url: str
+    ca: Path
+    log: Path
+    moto_url: str
+    proc: subprocess.Popen[bytes] | None = None
+    handover: str = ""
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def server_env(self) -> dict[str, str]:
+        aws = self.folder / "service-aws"
+        (self.folder / "home").mkdir(exist_ok=True)
+        return clean_env(
+            HOME=str(self.folder / "home"),
+            AWS_ENDPOINT_URL=self.moto_url,
+            AWS_SHARED_CREDENTIALS_FILE=str(aws / "credentials"),
+            AWS_CONFIG_FILE=str(aws / "config"),
+            IAM_SORRY_PROPAGATION_TIMEOUT="20",
+            **self.realm.env(keytab=True),
+            **self.extra_env,
+        )
+
+    def start(self, timeout: float = 60) -> None:
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(SCRIPT), "serve", "--config", str(self.config)],
+                env=self.server_env(),
+                stdout=log,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.get("/healthz")
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"iam-sorry serve did not start:\n{self.log_text()}") from None
+                time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int | None:
+        """Stop the server by its pid; its exit status (None if it had to be killed)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca))
+
+    def get(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + path, context=self.tls(), timeout=10) as reply:
+            return dict(json.load(reply))
+
+    def client_env(self, user: str | None, **extra: str) -> dict[str, str]:
+        """For a client process of ``user`` (None: no ticket at all)."""
+        return {**self.realm.env(user), "IAM_SORRY_CA_BUNDLE": str(self.ca), **extra}
+
+    def curl(
+        self, user: str | None, path: str, body: Any = None, *args: str, negotiate: bool = True
+    ) -> tuple[int, dict[str, str], Any]:
+        """``curl --negotiate -u :`` as ``user``: (status, headers, JSON body)."""
+        cmd = ["curl", "-sS", "--cacert", str(self.ca), "-D", "-", "-o", "-", *args]
+        if negotiate:
+            cmd += ["--negotiate", "-u", ":"]
+        if body is not None:
+            data = body if isinstance(body, str) else json.dumps(body)
+            cmd += ["-H", "Content-Type: application/json", "--data-binary", data]
+        proc = subprocess.run(
+            [*cmd, self.url + path], capture_output=True, text=True, env=clean_env(**self.realm.env(user)), timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr
+        return parse_http(proc.stdout)
+
+
+def parse_http(raw: str) -> tuple[int, dict[str, str], Any]:
+    """The last response of curl -D - -o - (curl --negotiate may show a 401 first)."""
+    blocks = raw.replace("\r\n", "\n").split("HTTP/")
+    last = "HTTP/" + blocks[-1]
+    head, _, body = last.partition("\n\n")
+    lines = head.splitlines()
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    try:
+        doc = json.loads(body) if body.strip() else None
+    except ValueError:
+        doc = body
+    return status, headers, doc
+
+
+#: Customer-managed policies every test account has (moto loads no AWS-managed ones).
+POLICIES = ("team-readonly", "sue-extra", "admin-all")
+
+
+def reset_aws(moto_url: str) -> Any:
+    """An empty fake account with the POLICIES; the shim's counters and logs cleared."""
+    import boto3
+    import moto_shim
+
+    urllib.request.urlopen(urllib.request.Request(moto_url + "/moto-api/reset", method="POST")).read()
+    shim = moto_shim.install()
+    shim.reset()
+    iam = boto3.client("iam", endpoint_url=moto_url, region_name=REGION, aws_access_key_id=ADMIN_KEY[0],
+                       aws_secret_access_key=ADMIN_KEY[1])  # fmt: skip
+    document = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:List*", "Resource": "*"}]}
+    for name in POLICIES:
+        iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(document))
+    return shim
+
+
+def prepare(folder: Path, realm: Any, moto_url: str, extra: str = "", namespaces: str = NAMESPACES) -> Service:
+    """Files, TLS, config and the AWS side (--setup-service); not started."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca, _, _ = make_tls(folder)
+    port = free_port()
+    config = write_config(folder, realm, port, extra, namespaces)
+    made = setup_service(folder, config, moto_url)
+    if made.returncode != 0:
+        raise RuntimeError(f"--setup-service failed:\n{made.stderr}")
+    store_service_key(folder, made.stdout)
+    return Service(folder, realm, config, f"https://localhost:{port}", ca, folder / "serve.log", moto_url,
+                   handover=made.stdout)  # fmt: skip
+
+
+def sibling(svc: Service, folder: Path) -> Service:
+    """Another server (files, TLS, port) on the same AWS side: its key, its roles."""
+    folder.mkdir(parents=True)
+    ca, _, _ = make_tls(folder)
+    port = free_port()
+    config = write_config(folder, svc.realm, port)
+    shutil.copytree(svc.folder / "service-aws", folder / "service-aws")
+    return Service(folder, svc.realm, config, f"https://localhost:{port}", ca, folder / "serve.log", svc.moto_url)
+
+
+@contextlib.contextmanager
+def running_service(realm: Any, moto_url: str, folder: Path, extra: str = "") -> Iterator[Service]:
+    """prepare() and start(); stopped by pid however the block ends."""
+    svc = prepare(folder, realm, moto_url, extra)
+    try:
+        svc.start()
+        yield svc
+    finally:
+        svc.stop()

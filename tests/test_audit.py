@@ -1,0 +1,230 @@
+"""The audit trail: an HMAC hash chain in SQLite whose key file only the
+service can read; ``audit verify`` names the first edited, deleted, inserted
+or reordered record; a store that cannot be written fails closed; ``audit
+list`` filters by person and age."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import assert_clean_error, iamsorry, run_cli
+
+AuditTrail = iamsorry.AuditTrail
+
+
+def write_config(folder: Path) -> Path:
+    config = folder / "service.toml"
+    config.write_text(
+        '[service]\ntls_cert = "c"\ntls_key = "k"\nkeytab = "kt"\nrealms = ["IAMSORRY.TEST"]\n'
+        'audit = "sqlite:///audit/audit.db"\n'
+    )
+    return config
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path)
+
+
+def open_trail(config: Path, timeout: float = 5.0) -> AuditTrail:
+    cfg = iamsorry.load_service_config(str(config))
+    store = iamsorry.SqliteAuditStore(cfg.audit_path(), timeout)
+    return AuditTrail(store, iamsorry.audit_key(cfg.audit_key, create=True))
+
+
+def entry(n: int, principal: str = "sue@IAMSORRY.TEST", **more: object) -> dict[str, object]:
+    return {"time": iamsorry.format_time(iamsorry.now()), "principal": principal, "user": principal.split("@")[0],
+            "action": "credentials", "target": f"sue-{n}", "status": 200, "result": "ok", **more}  # fmt: skip
+
+
+def filled(config: Path, count: int = 5) -> AuditTrail:
+    trail = open_trail(config)
+    for n in range(1, count + 1):
+        trail.record(entry(n))
+    return trail
+
+
+def db(config: Path) -> sqlite3.Connection:
+    return sqlite3.connect(config.parent / "audit" / "audit.db", isolation_level=None)
+
+
+def test_the_key_file_is_made_private_and_refused_when_it_is_not(config: Path) -> None:
+    key_path = config.parent / "audit" / "audit.key"
+    key = iamsorry.audit_key(str(key_path), create=True)
+    assert len(key) == 32 and key_path.stat().st_mode & 0o777 == 0o600
+    assert iamsorry.audit_key(str(key_path), create=True) == key  # made once, then kept
+    key_path.chmod(0o640)
+    with pytest.raises(iamsorry.AuditError, match="open to others"):
+        iamsorry.audit_key(str(key_path))
+    key_path.chmod(0o600)
+    link = config.parent / "link.key"
+    link.symlink_to(key_path)
+    with pytest.raises(iamsorry.AuditError, match="cannot read"):
+        iamsorry.audit_key(str(link))
+    with pytest.raises(iamsorry.AuditError, match="does not exist"):
+        iamsorry.audit_key(str(config.parent / "none.key"))
+
+
+def test_an_intact_trail_verifies(config: Path) -> None:
+    report = filled(config).verify()
+    assert (report.count, report.bad, report.pending) == (5, "", [])
+    proc = run_cli("audit", "verify", "--config", str(config))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("audit trail intact: 5 records; newest #5, MAC ")
+
+
+def _edit(c: sqlite3.Connection) -> None:
+    body = json.loads(c.execute("SELECT body FROM audit WHERE seq = 3").fetchone()[0])
+    body["principal"] = "ann@IAMSORRY.TEST"
+    c.execute("UPDATE audit SET body = ? WHERE seq = 3", (json.dumps(body, sort_keys=True, separators=(",", ":")),))
+
+
+def _delete(c: sqlite3.Connection) -> None:
+    c.execute("DELETE FROM audit WHERE seq = 3")
+
+
+def _delete_and_renumber(c: sqlite3.Connection) -> None:
+    c.execute("DELETE FROM audit WHERE seq = 3")
+    c.execute("UPDATE audit SET seq = seq - 1 WHERE seq > 3")
+
+
+def _insert(c: sqlite3.Connection) -> None:
+    c.execute("UPDATE audit SET seq = -seq WHERE seq >= 3")
+    c.execute("UPDATE audit SET seq = 1 - seq WHERE seq < 0")
+    c.execute("INSERT INTO audit (seq, body, mac) VALUES (3, ?, ?)", (json.dumps(entry(99)), "0" * 64))
+
+
+def _reorder(c: sqlite3.Connection) -> None:
+    rows = {seq: (body, mac) for seq, body, mac in c.execute("SELECT seq, body, mac FROM audit")}
+    c.execute("UPDATE audit SET body = ?, mac = ? WHERE seq = 2", rows[3])
+    c.execute("UPDATE audit SET body = ?, mac = ? WHERE seq = 3", rows[2])
+
+
+def _forged_tail(c: sqlite3.Connection) -> None:
+    import hashlib
+    import hmac
+
+    prev = c.execute("SELECT mac FROM audit WHERE seq = 5").fetchone()[0]
+    body = json.dumps(entry(6))
+    mac = hmac.new(b"x" * 32, f"6\n{prev}\n{body}".encode(), hashlib.sha256).hexdigest()  # not the service's key
+    c.execute("INSERT INTO audit (seq, body, mac) VALUES (6, ?, ?)", (body, mac))
+
+
+@pytest.mark.parametrize(
+    ("tamper", "first_bad"),
+    [
+        (_edit, "record #3 fails its check"),
+        (_delete, "record #3 is missing"),
+        (_delete_and_renumber, "record #3 fails its check"),
+        (_insert, "record #3 fails its check"),
+        (_reorder, "record #2 fails its check"),
+        (_forged_tail, "record #6 fails its check"),
+    ],
+    ids=["edited", "deleted", "deleted-renumbered", "inserted", "reordered", "forged-without-key"],
+)
+def test_each_kind_of_tampering_is_detected_at_the_first_bad_record(
+    config: Path, tamper: Callable[[sqlite3.Connection], None], first_bad: str
+) -> None:
+    filled(config).store.close()
+    with db(config) as c:
+        tamper(c)
+    report = open_trail(config).verify()
+    assert first_bad in report.bad
+    proc = run_cli("audit", "verify", "--config", str(config))
+    assert_clean_error(proc, first_bad)
+    assert proc.returncode == 9
+
+
+def test_an_unfinished_request_is_reported_until_its_record_is_written(config: Path) -> None:
+    trail = filled(config, 2)
+    rid = trail.reserve(entry(3, action="create-user"))
+    assert [p["reserved"] for p in trail.verify().pending] == [rid]
+    proc = run_cli("audit", "verify", "--config", str(config))
+    assert proc.returncode == 0 and f"request {rid} (create-user sue-3" in proc.stderr
+    trail.record(entry(3, action="create-user"), release=rid)
+    report = trail.verify()
+    assert (report.count, report.pending, report.bad) == (3, [], "")
+
+
+def test_concurrent_appends_make_one_chain(config: Path) -> None:
+    trail = open_trail(config)
+
+    def write(worker: int) -> None:
+        for n in range(25):
+            trail.record(entry(worker * 100 + n))
+
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    report = trail.verify()
+    assert (report.count, report.bad) == (200, "")
+
+
+def test_a_store_that_cannot_be_written_fails_closed(config: Path) -> None:
+    trail = open_trail(config, timeout=0.2)
+    trail.record(entry(1))
+    hold = db(config)
+    hold.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(iamsorry.AuditError, match="cannot write the audit record"):
+            trail.record(entry(2))
+        with pytest.raises(iamsorry.AuditError, match="cannot reserve the audit record"):
+            trail.reserve(entry(2))
+    finally:
+        hold.execute("ROLLBACK")
+        hold.close()
+    trail.record(entry(2))
+    assert trail.verify().count == 2
+
+
+def test_an_unusable_store_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "audit").write_text("a file where the folder should be")
+    with pytest.raises(iamsorry.AuditError, match="cannot open the audit store"):
+        iamsorry.SqliteAuditStore(str(tmp_path / "audit" / "audit.db"))
+    config = write_config(tmp_path)
+    assert_clean_error(run_cli("audit", "list", "--config", str(config)), "audit key")
+    (tmp_path / "audit").unlink()
+    iamsorry.audit_key(str(tmp_path / "audit" / "audit.key"), create=True)
+    assert_clean_error(run_cli("audit", "verify", "--config", str(config)), "there is no audit trail at")
+
+
+def test_audit_list_filters_by_person_and_age(config: Path) -> None:
+    trail = open_trail(config)
+    old = dict(entry(1), time="2020-01-01T00:00:00Z")
+    trail.record(old)
+    trail.record(entry(2, "ann@IAMSORRY.TEST", status=403, result="not a member", key_id=None))
+    trail.record(entry(3, key_id="ASIAABCDEFGHIJKLMNOP"))
+    everything = json.loads(run_cli("audit", "list", "--config", str(config), "--json").stdout)
+    assert [e["seq"] for e in everything] == [1, 2, 3]
+    proc = run_cli("audit", "list", "--config", str(config), "--json", "--user", "ann")
+    assert [e["seq"] for e in json.loads(proc.stdout)] == [2]
+    proc = run_cli("audit", "list", "--config", str(config), "--json", "--since", "1d")
+    assert [e["seq"] for e in json.loads(proc.stdout)] == [2, 3]
+    table = run_cli("audit", "list", "--config", str(config), "--user", "sue@IAMSORRY.TEST").stdout
+    assert table.splitlines()[0].split() == ["#", "TIME", "PRINCIPAL", "FROM", "ACTION", "TARGET", "RESULT", "KEY"]
+    assert "ASIA…MNOP" in table and "ASIAABCDEFGHIJKLMNOP" not in table and "ann@" not in table
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("30m", 1800), ("12h", 43200), ("7d", 604800)])
+def test_ages(text: str, seconds: float) -> None:
+    assert iamsorry.parse_age(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "-1h", "1y"])
+def test_bad_ages_are_usage_errors(config: Path, text: str) -> None:
+    assert_clean_error(run_cli("audit", "list", "--config", str(config), "--since", text), "--since")
+
+
+def test_audit_needs_a_subcommand_and_a_config(config: Path) -> None:
+    assert_clean_error(run_cli("audit"), "audit needs verify or list")
+    assert_clean_error(run_cli("audit", "show", "--config", str(config)), "audit needs verify or list")
+    assert_clean_error(run_cli("audit", "verify"), "needs --config FILE")
+    assert_clean_error(run_cli("audit", "verify", "--config", str(config), "--check"), "--check belongs")
+    assert_clean_error(run_cli("audit", "verify", "--config", str(config), "--user", "x"), "audit list")

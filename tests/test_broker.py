@@ -1,0 +1,274 @@
+"""The broker client: ``iam-sorry --broker URL ...``, IAM_SORRY_BROKER and
+``broker =`` in a profile, --eval, credential_process, --role, --whoami and
+create_session_with_profile, through python-gssapi and through the ctypes
+binding of the bare script; every failure one clear line.  One real server
+for the module (tests/servicekit.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import servicekit
+from conftest import REGION, SCRIPT, assert_clean_error, creds_file, expire_profile, iamsorry, run_cli
+
+SUE_ARN = "arn:aws:iam::123456789012:user/iam-sorry/sue"
+SESSION_KEYS = ["AccessKeyId", "Expiration", "SecretAccessKey", "SessionToken", "Version"]
+
+
+@pytest.fixture(scope="module")
+def svc(krb_realm: Any, moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[servicekit.Service]:
+    servicekit.reset_aws(moto_url)
+    with servicekit.running_service(krb_realm, moto_url, tmp_path_factory.mktemp("broker")) as service:
+        krb_realm.kinit("sue")
+        status, _, doc = service.curl("sue", "/v1/create-user", {"user": "sue"})
+        assert status == 201, doc
+        yield service
+
+
+@pytest.fixture(autouse=True)
+def tickets(krb_realm: Any) -> None:
+    for user in ("sue", "ann"):
+        krb_realm.kinit(user)
+
+
+def env_of(svc: servicekit.Service, user: str | None = "sue", **extra: str) -> dict[str, str]:
+    """A client shell: the user's ticket, the service's CA, the fake AWS for checks."""
+    return svc.client_env(user, AWS_ENDPOINT_URL=svc.moto_url, AWS_REGION=REGION, **extra)
+
+
+def bare(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """The script on an interpreter without site-packages: no python-gssapi,
+    no boto3, no cryptography, as on a cluster node with only the file."""
+    return subprocess.run([sys.executable, "-S", str(SCRIPT), *args], capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def arn_of(svc: servicekit.Service, doc: dict[str, Any]) -> str:
+    sts = boto3.client(
+        "sts",
+        endpoint_url=svc.moto_url,
+        region_name=REGION,
+        aws_access_key_id=doc["AccessKeyId"],
+        aws_secret_access_key=doc["SecretAccessKey"],
+        aws_session_token=doc.get("SessionToken"),
+    )
+    return str(sts.get_caller_identity()["Arn"])
+
+
+def test_whoami_through_the_broker(svc: servicekit.Service) -> None:
+    proc = run_cli("--broker", svc.url, "--whoami", env=env_of(svc))
+    assert proc.returncode == 0, proc.stderr
+    assert f"sue@IAMSORRY.TEST (local user sue) at {svc.url}" in proc.stdout
+    assert "namespace sue: credentials, create-user" in proc.stdout
+    doc = json.loads(run_cli("--broker", svc.url, "--whoami", "--json", env=env_of(svc)).stdout)
+    assert doc["principal"] == "sue@IAMSORRY.TEST" and "lab" in doc["namespaces"]
+
+
+def test_the_bare_script_reaches_the_broker_through_ctypes(svc: servicekit.Service, private_home: Path) -> None:
+    assert subprocess.run([sys.executable, "-S", "-c", "import gssapi"], capture_output=True).returncode != 0
+    versions = bare("--versions", env=env_of(svc))
+    assert "kerberos-client ctypes (libgssapi_krb5.so.2)" in versions.stdout, versions.stdout + versions.stderr
+    proc = bare("--broker", svc.url, "--credential-process", "sue", env=env_of(svc))
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert sorted(doc) == SESSION_KEYS and arn_of(svc, doc) == SUE_ARN
+    assert not (private_home / ".aws").exists()  # credential_process mode writes nothing
+    who = bare("--whoami", env=env_of(svc, IAM_SORRY_BROKER=svc.url))
+    assert who.returncode == 0 and "sue@IAMSORRY.TEST" in who.stdout, who.stderr
+
+
+def test_with_python_gssapi_versions_say_so(svc: servicekit.Service) -> None:
+    pytest.importorskip("gssapi")
+    line = next(ln for ln in run_cli("--versions").stdout.splitlines() if ln.startswith("kerberos-client"))
+    assert line.startswith("kerberos-client python-gssapi ")
+
+
+def test_the_aws_cli_uses_credential_process_through_the_broker(svc: servicekit.Service, private_home: Path) -> None:
+    """The cluster-node set-up of the README: one config section, no credentials file."""
+    config = private_home / ".aws" / "config"
+    config.parent.mkdir()
+    command = f"{sys.executable} {SCRIPT} --credential-process sue"
+    config.write_text(f"[profile sue]\ncredential_process = {command}\nbroker = {svc.url}\nregion = {REGION}\n")
+    proc = subprocess.run(["aws", "sts", "get-caller-identity", "--profile", "sue", "--output", "json"],
+                          capture_output=True, text=True, env={**os.environ, **env_of(svc)}, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["Arn"] == SUE_ARN
+    assert sorted(p.name for p in config.parent.iterdir()) == ["config"]
+
+
+def test_eval_fetches_once_then_runs_from_the_file(svc: servicekit.Service, private_home: Path) -> None:
+    proc = run_cli("--eval", "sue", env=env_of(svc, IAM_SORRY_BROKER=svc.url))
+    assert proc.returncode == 0, proc.stderr
+    assert "export AWS_SESSION_TOKEN=" in proc.stdout
+    profile = iamsorry.read_aws_credentials()["sue"]
+    assert profile["credentials_owner"] == "sue"
+    keys = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
+    doc = dict(zip(("AccessKeyId", "SecretAccessKey", "SessionToken"), (profile[k] for k in keys)))
+    assert arn_of(svc, doc) == SUE_ARN
+    dead = f"https://localhost:{servicekit.free_port()}"
+    again = run_cli("--eval", "sue", env=env_of(svc, IAM_SORRY_BROKER=dead))  # cached: the broker is not asked
+    assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr
+    expire_profile("sue")
+    assert_clean_error(run_cli("--eval", "sue", env=env_of(svc, IAM_SORRY_BROKER=dead)), "cannot reach the broker")
+
+
+def test_minting_by_name_remembers_the_broker_for_later_refreshes(svc: servicekit.Service) -> None:
+    proc = run_cli("--broker", svc.url, "sue", "--duration", "2", env=env_of(svc))
+    assert proc.returncode == 0, proc.stderr
+    assert iamsorry.read_aws_config()["sue"]["broker"] == svc.url
+    expire_profile("sue")
+    proc = run_cli("--eval", "sue", env=env_of(svc))  # no flag, no variable: the profile's broker
+    assert proc.returncode == 0, proc.stderr
+    assert "Refreshed [sue]" in proc.stderr
+    profile = iamsorry.read_aws_credentials()["sue"]
+    assert not iamsorry.credentials_need_refresh(profile, 15)[0]
+
+
+def test_the_python_api_goes_through_the_broker(
+    svc: servicekit.Service, private_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env_of(svc).items():
+        monkeypatch.setenv(name, value)
+    (private_home / ".aws").mkdir()
+    (private_home / ".aws" / "config").write_text(f"[profile sue]\nbroker = {svc.url}\nregion = {REGION}\n")
+    session = iamsorry.create_session_with_profile("sue")
+    assert session.client("sts").get_caller_identity()["Arn"] == SUE_ARN
+
+
+def test_a_role_through_the_broker_works_with_the_aws_cli(svc: servicekit.Service) -> None:
+    proc = run_cli("--broker", svc.url, "--role", "sue-lambda", env=env_of(svc))
+    assert proc.returncode == 0, proc.stderr
+    assert "Role iam-sorry-sue-lambda created" in proc.stderr
+    config = iamsorry.read_aws_config()
+    assert config["sue-lambda"]["source_profile"] == "sue" and config["sue"]["broker"] == svc.url
+    proc = subprocess.run(
+        ["aws", "sts", "get-caller-identity", "--profile", "sue-lambda", "--output", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env_of(svc)},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert ":assumed-role/iam-sorry-sue-lambda/" in json.loads(proc.stdout)["Arn"]
+
+
+def test_credential_process_of_a_brokered_role_writes_nothing(svc: servicekit.Service, private_home: Path) -> None:
+    """The role's source comes from the broker and the role is assumed in
+    memory: no credentials file appears, and no profile name is ever sent to
+    the broker as a user name."""
+    assert run_cli("--broker", svc.url, "--role", "sue-proc", env=env_of(svc)).returncode == 0
+    creds = private_home / ".aws" / "credentials"
+    if creds.exists():
+        creds.unlink()
+    for extra in ({}, {"IAM_SORRY_BROKER": svc.url}):
+        proc = run_cli("--credential-process", "sue-proc", env=env_of(svc, **extra))
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert ":assumed-role/iam-sorry-sue-proc/" in arn_of(svc, doc)
+        assert not creds.exists()
+
+
+@pytest.mark.parametrize("client", ["python-gssapi", "ctypes"])
+def test_kerberos_failures_are_one_clear_line(svc: servicekit.Service, krb_realm: Any, client: str) -> None:
+    if client == "python-gssapi":
+        pytest.importorskip("gssapi")
+    run = (lambda *a, env: bare(*a, env=env)) if client == "ctypes" else run_cli
+    whoami = ("--broker", svc.url, "--whoami")
+    proc = run(*whoami, env=env_of(svc, None))
+    assert_clean_error(proc, "no Kerberos ticket", "hint: run kinit")
+    assert proc.returncode == 8
+    krb_realm.kinit("bob")
+    krb_realm.shift_clock("bob", 2 * 86400)  # past the ticket's end
+    assert_clean_error(run(*whoami, env=env_of(svc, "bob")), "Kerberos ticket has expired", "run kinit")
+    krb_realm.kinit("bob")
+    krb_realm.shift_clock("bob", 3600)  # within the ticket, far beyond the allowed skew
+    assert_clean_error(run(*whoami, env=env_of(svc, "bob")), "clock skew too great", "chrony")
+    ip_url = svc.url.replace("localhost", "127.0.0.1")
+    assert_clean_error(run("--broker", ip_url, "--whoami", env=env_of(svc)), "does not know HTTP/127.0.0.1")
+
+
+def test_an_unknown_realm_is_one_clear_line(svc: servicekit.Service, krb_realm: Any, tmp_path: Path) -> None:
+    conf = tmp_path / "krb5.conf"
+    conf.write_text(krb_realm.krb5_conf.read_text() + "\n[domain_realm]\n  broker.nowhere.test = NOWHERE.TEST\n")
+    url = svc.url.replace("localhost", "broker.nowhere.test")
+    proc = run_cli("--broker", url, "--whoami", env=env_of(svc, KRB5_CONFIG=str(conf)))
+    assert_clean_error(proc, "unknown Kerberos realm for broker.nowhere.test", "domain_realm")
+
+
+def test_broker_failures_are_one_clear_line(svc: servicekit.Service) -> None:
+    untrusted = {k: v for k, v in env_of(svc).items() if k != "IAM_SORRY_CA_BUNDLE"}
+    proc = run_cli("--broker", svc.url, "--whoami", env=untrusted)
+    assert_clean_error(proc, "cannot trust the TLS certificate of the broker", "IAM_SORRY_CA_BUNDLE")
+    proc = run_cli("--broker", svc.url, "--whoami", env={**untrusted, "SSL_CERT_FILE": str(svc.ca)})
+    assert proc.returncode == 0, proc.stderr  # the standard variable works as well
+    dead = f"https://localhost:{servicekit.free_port()}"
+    assert_clean_error(run_cli("--broker", dead, "--whoami", env=env_of(svc)), "cannot reach the broker", "healthz")
+    proc = run_cli("--broker", svc.url, "--credential-process", "sue", env=env_of(svc, "ann"))
+    assert_clean_error(proc, "the broker refused: ann@IAMSORRY.TEST is not a member of namespace sue")
+    assert proc.returncode == 7
+    proc = run_cli("--broker", svc.url, "--credential-process", "nobody-here", env=env_of(svc))
+    assert_clean_error(proc, "namespace nobody")
+    assert_clean_error(run_cli("--broker", "http://plain.example", "--whoami"), "must be https://")
+    assert_clean_error(run_cli("--whoami"), "give --broker URL or set IAM_SORRY_BROKER")
+    missing = env_of(svc, IAM_SORRY_CA_BUNDLE="/nonexistent/ca.pem")
+    assert_clean_error(run_cli("--broker", svc.url, "--whoami", env=missing), "IAM_SORRY_CA_BUNDLE=/nonexistent")
+
+
+@pytest.mark.parametrize("kind", ["python-gssapi", "ctypes"])
+def test_the_initiators_insist_on_mutual_authentication(
+    krb_realm: Any, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Both bindings complete a handshake with the service's acceptor, and
+    refuse an answer that does not prove the service's identity."""
+    if kind == "python-gssapi":
+        pytest.importorskip("gssapi")
+    for name, value in krb_realm.env("sue").items():
+        monkeypatch.setenv(name, value)
+    make = iamsorry._PyInitiator if kind == "python-gssapi" else iamsorry._CtypesInitiator
+    acceptor = iamsorry.Acceptor(str(krb_realm.keytab), [krb_realm.realm])
+    with make("localhost") as gss:
+        token = gss.step(None)
+        assert token and not gss.complete
+        principal, user, challenge = acceptor.accept("Negotiate " + base64.b64encode(token).decode())
+        assert (principal, user) == ("sue@IAMSORRY.TEST", "sue")
+        gss.finish(challenge)
+        assert gss.complete
+    for reply in (None, "Negotiate", "Basic abc"):
+        with make("localhost") as gss:
+            gss.step(None)
+            with pytest.raises(iamsorry.KerberosError, match="did not prove its identity"):
+                gss.finish(reply)
+    with make("localhost") as gss:
+        gss.step(None)
+        with pytest.raises(iamsorry.KerberosError):
+            gss.finish("Negotiate " + base64.b64encode(b"\x60\x05garbage").decode())
+
+
+def test_the_cached_eval_path_stays_light_with_a_broker_configured(private_home: Path) -> None:
+    """A fresh [sue] is exported without urllib, ssl, ctypes or gssapi."""
+    creds_file(private_home).write_text(
+        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
+        "expiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n"
+    )
+    (private_home / ".aws" / "config").write_text("[profile sue]\nbroker = https://broker.example\n")
+    code = (
+        "import importlib.machinery, sys, io, contextlib\n"
+        "before = set(sys.modules)\n"  # site hooks may have imported some already
+        "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert m.main(['--eval', 'sue']) == 0\n"
+        "print(sorted(n for n in set(sys.modules) - before if n.split('.')[0] in "
+        "('boto3', 'botocore', 'cryptography', 'gssapi', 'ctypes', 'ssl', 'urllib', 'http', 'socket')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(SCRIPT)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
