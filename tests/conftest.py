@@ -57,12 +57,13 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 # An AWS access key id, unmasked.  Only lines made to hand credentials over
-# (shell exports, INI lines, credential_process JSON) may carry one, and only
-# on stdout; every message elsewhere must mask it (AKIA…WXYZ).
+# (shell exports, INI lines, credential_process JSON) or to export the audit
+# trail as stored (audit list --json, matched against CloudTrail) may carry
+# one, and only on stdout; every message elsewhere must mask it (AKIA…WXYZ).
 KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
 _HANDOVER_LINE = re.compile(
     r"\s*(?:export AWS_ACCESS_KEY_ID=|setenv AWS_ACCESS_KEY_ID |set -gx AWS_ACCESS_KEY_ID |aws_access_key_id = "
-    r"|\{\"Version\": 1, \"AccessKeyId\": )"
+    r"|\{\"Version\": 1, \"AccessKeyId\": |\"key_id\": \")"
 )
 
 
