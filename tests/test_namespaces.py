@@ -79,3 +79,10 @@ def test_inline_policy_limits_are_awss() -> None:
 def test_policies_refuse_an_account_that_is_not_12_digits(account: str) -> None:
     with pytest.raises(iamsorry.UsageError, match="invalid account"):
         iamsorry.manager_policy("sue", account)
+
+
+@pytest.mark.parametrize("prefix", ["a-b", "sue*", "", "s?e"])
+def test_namespace_arns_refuse_a_prefix_that_is_not_one(prefix: str) -> None:
+    with pytest.raises(iamsorry.UsageError, match="invalid namespace prefix"):
+        iamsorry.namespace_user_arns(prefix, "123456789012")
+    assert iamsorry.namespace_user_arns("a", "123456789012")[0].endswith(f":user{iamsorry.USER_PATH}a")
