@@ -10,7 +10,9 @@ import importlib.machinery
 import importlib.util
 import os
 import pty
+import re
 import select
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -18,7 +20,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = ROOT / "iam-sorry"
+# IAM_SORRY_SCRIPT points the tests at another copy of the script: the
+# mutation runs (tests/mutation.py) test a mutated .py copy this way.
+SCRIPT = Path(os.environ.get("IAM_SORRY_SCRIPT") or ROOT / "iam-sorry")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
@@ -52,6 +56,37 @@ def private_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+# An AWS access key id, unmasked.  Only lines made to hand credentials over
+# (shell exports, INI lines, credential_process JSON) or to export the audit
+# trail as stored (audit list --json, matched against CloudTrail) may carry
+# one, and only on stdout; every message elsewhere must mask it (AKIA…WXYZ).
+KEY_ID = re.compile(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b")
+_HANDOVER_LINE = re.compile(
+    r"\s*(?:export AWS_ACCESS_KEY_ID=|setenv AWS_ACCESS_KEY_ID |set -gx AWS_ACCESS_KEY_ID |aws_access_key_id = "
+    r"|\{\"Version\": 1, \"AccessKeyId\": |\"key_id\": \")"
+)
+
+
+def assert_key_ids_masked(stdout: str, stderr: str = "") -> None:
+    for line in stderr.splitlines():
+        assert not KEY_ID.search(line), f"unmasked key id on stderr: {line!r}"
+    for line in stdout.splitlines():
+        assert not KEY_ID.search(line) or _HANDOVER_LINE.match(line), f"unmasked key id on stdout: {line!r}"
+
+
+# CI sets CI=true: there a missing shell or tool must fail the test, since a
+# skip would hide a path nobody tested.  Read once: private_home drops IAM_SORRY_*.
+REQUIRE_TOOLS = bool(os.environ.get("CI") or os.environ.get("IAM_SORRY_REQUIRE_SHELLS"))
+
+
+def require_program(name: str) -> None:
+    """Skip a test whose program is missing, except where it must run."""
+    if shutil.which(name) is None:
+        if REQUIRE_TOOLS:
+            pytest.fail(f"{name} is not installed, and CI must run this test (.ci/run installs it)")
+        pytest.skip(f"{name} is not installed")
+
+
 def run_cli(
     *args: str,
     env: dict[str, str] | None = None,
@@ -59,13 +94,14 @@ def run_cli(
     timeout: float = 120,
     cwd: str | None = None,
 ):
-    """The script as a user runs it: a subprocess, fresh interpreter."""
+    """The script as a user runs it: a subprocess, fresh interpreter.  Every
+    line it prints is checked for unmasked key ids."""
     import subprocess
 
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    return subprocess.run(
+    proc = subprocess.run(
         [sys.executable, str(SCRIPT), *args],
         capture_output=True,
         text=True,
@@ -75,6 +111,8 @@ def run_cli(
         cwd=cwd,
         start_new_session=True,
     )
+    assert_key_ids_masked(proc.stdout, proc.stderr)
+    return proc
 
 
 def assert_clean_error(proc, *needles: str) -> None:
@@ -295,5 +333,9 @@ def run_in_pty(
                 os.write(fd, (pending.pop(0) + "\n").encode())
     else:
         os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        raise AssertionError(f"the CLI under a pty did not finish within {timeout:g}s; it showed: {shown!r}")
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+    text = shown.decode(errors="replace")
+    assert_key_ids_masked(text)  # a pty merges stdout and stderr: hold both to stdout's rule
+    return os.waitstatus_to_exitcode(status), text

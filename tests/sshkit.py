@@ -86,3 +86,19 @@ class Agent:
             os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+    def wait_gone(self, timeout: float = 10) -> bool:
+        """True once the agent has exited (a daemon: init reaps it, so a
+        zombie counts as gone) and its socket is removed; False on timeout."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                state = "gone"
+            if state in ("gone", "Z") and not os.path.exists(self.sock):
+                return True
+            time.sleep(0.02)
+        return False

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
+import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -197,7 +199,7 @@ def test_key_missing_from_agent_names_fingerprint(private_home: Path, ed25519: P
     other = make_key(private_home / "elsewhere", "other")
     agent.add(other)
     fp = iamsorry.resolve_ssh_key().fingerprint
-    assert_clean_error(run_cli("--eval", "sue-mgr"), f"the key {fp} is not in ssh-agent")
+    assert_clean_error(run_cli("--eval", "sue-mgr"), f"the key {fp} is not in ssh-agent (ssh-add {ed25519})")
 
 
 def test_locked_agent_has_its_own_message(private_home: Path, ed25519: Path, agent) -> None:
@@ -222,7 +224,7 @@ def test_agent_socket_gone(private_home: Path, ed25519: Path, agent) -> None:
     _creds(private_home)
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     agent.stop()
-    time.sleep(0.2)
+    assert agent.wait_gone(), f"ssh-agent {agent.pid} still runs after SIGTERM"
     assert_clean_error(run_cli("--eval", "sue-mgr"), "is gone")
 
 
@@ -294,10 +296,190 @@ def test_three_wrong_passphrases_give_up(private_home: Path, ed25519: Path) -> N
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     status, shown = run_in_pty(["--show-decrypted", "sue-mgr"], env, ["a", "b", "c"])
     assert status != 0
-    assert "wrong passphrase" in shown and "Traceback" not in shown
+    assert "wrong passphrase for" in shown and "(3 attempts)" in shown and "Traceback" not in shown
+    assert shown.count("Enter passphrase for") == 3
+    assert shown.count("Wrong passphrase, try again.") == 2  # after the third, no "try again"
 
 
 def test_encrypt_refuses_default_with_the_seed_message(private_home: Path, ed25519: Path) -> None:
     _creds(private_home, "[default]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
     assert_clean_error(run_cli("--profile", "default", "--encrypt"), "Cannot encrypt 'default' profile")
     assert_clean_error(run_cli("--encrypt", env={"AWS_PROFILE": "default"}), "Cannot encrypt 'default' profile")
+
+
+# -- known-answer vectors: the sealed format, pinned ---------------------------
+VECTORS = Path(__file__).resolve().parent / "vectors"
+KAT = json.loads((VECTORS / "sealed.json").read_text())["vectors"]
+# Written out here, not read from the script: a changed challenge re-keys every sealed file.
+KDF_CHALLENGE = b"iam-sorry/v2 key derivation"
+
+
+def _vector_secret(name: str) -> bytes:
+    """The signature of the challenge, made here from the committed private key
+    with cryptography alone (Ed25519 and PKCS#1 v1.5 are deterministic)."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
+
+    key = serialization.load_ssh_private_key((VECTORS / name).read_bytes(), PASSPHRASE.encode())
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(KDF_CHALLENGE)
+    assert isinstance(key, rsa.RSAPrivateKey) and key.key_size == 3072
+    return key.sign(KDF_CHALLENGE, padding.PKCS1v15(), hashes.SHA256())
+
+
+@pytest.mark.parametrize("name", sorted(KAT))
+def test_known_answer_vectors_open_forever(name: str) -> None:
+    """Values sealed by 0.3.0 open with the committed key; a change to the KDF,
+    HKDF info, AAD or byte layout that would strand yesterday's files fails here."""
+    vector = KAT[name]
+    pub = iamsorry._read_pub(str(VECTORS / name))
+    assert pub is not None and pub.fingerprint == vector["fingerprint"]
+    secret = _vector_secret(name)
+    for field, plain in vector["plaintext"].items():
+        sealed = vector["sealed"][field]
+        assert sealed.startswith("__encrypted__:v2:" + vector["fingerprint"][len("SHA256:") :] + ":")
+        assert iamsorry.sealed_fingerprint(sealed) == vector["fingerprint"]
+        assert iamsorry.open_sealed(sealed, field, secret) == plain
+
+
+@pytest.mark.parametrize("name", sorted(KAT))
+def test_known_answer_vectors_open_through_the_cli_and_a_real_agent(
+    private_home: Path, ssh_dir: Path, agent, name: str
+) -> None:
+    vector = KAT[name]
+    key = ssh_dir / name
+    shutil.copy(VECTORS / name, key)
+    shutil.copy(VECTORS / f"{name}.pub", f"{key}.pub")
+    key.chmod(0o600)  # git does not keep modes; ssh-add refuses a readable key
+    agent.add(key)
+    sealed = "".join(f"{field} = {value}\n" for field, value in vector["sealed"].items())
+    _creds(private_home, f"[vec]\n{sealed}")
+    proc = run_cli("--show-decrypted", "vec", "--ssh-key", str(key))
+    plain = "".join(f"{field} = {value}\n" for field, value in vector["plaintext"].items())
+    assert (proc.returncode, proc.stdout) == (0, f"[vec]\n{plain}"), proc.stderr
+
+
+def test_two_seals_of_one_value_differ_in_salt_nonce_and_ciphertext() -> None:
+    fp, secret = KAT["ed25519"]["fingerprint"], b"\x07" * 64
+    values = [iamsorry.seal("the same secret", "aws_secret_access_key", fp, secret) for _ in range(2)]
+    first, second = (base64.b64decode(v.rsplit(":", 1)[1]) for v in values)
+    assert len(first) == len(second) == 16 + 12 + len("the same secret") + 16
+    assert first[:16] != second[:16], "salt reused"
+    assert first[16:28] != second[16:28], "nonce reused"
+    assert first[28:] != second[28:], "ciphertext repeated"
+    assert [iamsorry.open_sealed(v, "aws_secret_access_key", secret) for v in values] == ["the same secret"] * 2
+
+
+def test_a_value_relabelled_with_another_keys_fingerprint_fails() -> None:
+    """The fingerprint is bound into the AAD: claiming a value for another
+    key fails with that key's secret and with the original one."""
+    ed, rsa, mine = KAT["ed25519"]["fingerprint"], KAT["rsa3072"]["fingerprint"], _vector_secret("ed25519")
+    sealed = iamsorry.seal("sue's secret", "aws_secret_access_key", ed, mine)
+    assert iamsorry.open_sealed(sealed, "aws_secret_access_key", mine) == "sue's secret"
+    relabelled = sealed.replace(ed[7:], rsa[7:])
+    assert iamsorry.sealed_fingerprint(relabelled) == rsa
+    for secret in (_vector_secret("rsa3072"), mine):
+        with pytest.raises(iamsorry.CryptoError, match="integrity check"):
+            iamsorry.open_sealed(relabelled, "aws_secret_access_key", secret)
+
+
+def test_unreadable_key_file_is_an_ssh_key_error(tmp_path: Path) -> None:
+    with pytest.raises(iamsorry.SshKeyError, match="cannot read SSH key"):
+        iamsorry._load_private_key(str(tmp_path / "no-such-key"), KAT["ed25519"]["fingerprint"])
+
+
+def _vector_keys(folder: Path, *names: str) -> dict[str, Path]:
+    """Copies of the committed vector keys (and .pub), mode 0600 as ssh-add wants."""
+    out = {}
+    for name in names:
+        key = folder / name
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(VECTORS / name, key)
+        shutil.copy(VECTORS / f"{name}.pub", f"{key}.pub")
+        key.chmod(0o600)
+        out[name] = key
+    return out
+
+
+@pytest.mark.parametrize("order", [("rsa3072", "ed25519"), ("ed25519", "rsa3072")])
+def test_the_agent_signs_with_the_key_that_sealed_the_value(
+    private_home: Path, ssh_dir: Path, agent, order: tuple[str, str]
+) -> None:
+    """An agent holding several keys: the one whose fingerprint the value
+    names signs, whatever the order the agent lists them in."""
+    for key in _vector_keys(ssh_dir, *order).values():
+        agent.add(key)
+    for name in order:
+        iamsorry.forget_secrets()
+        assert iamsorry.key_secret(KAT[name]["fingerprint"]) == _vector_secret(name)
+
+
+def test_without_an_agent_a_key_file_of_another_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = _vector_keys(tmp_path, "ed25519", "rsa3072")
+    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
+    for wanted, other in (("ed25519", "rsa3072"), ("rsa3072", "ed25519")):
+        fp = KAT[wanted]["fingerprint"]
+        not_it = re.escape(f"and {keys[other]} is not the key {fp}")
+        with pytest.raises(iamsorry.AgentError, match="no ssh-agent.*" + not_it):
+            iamsorry.key_secret(fp, str(keys[other]))
+        # the file alone, its .pub gone: the passphrase would be asked, and there is no terminal
+        os.rename(f"{keys[other]}.pub", f"{keys[other]}.pub.away")
+        no_tty = re.escape(f"no terminal to ask for the passphrase of {keys[other]}")
+        with pytest.raises(iamsorry.AgentError, match=no_tty):
+            iamsorry.key_secret(fp, str(keys[other]))
+        os.rename(f"{keys[other]}.pub.away", f"{keys[other]}.pub")
+        monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
+        with pytest.raises(iamsorry.SshKeyError, match=re.escape(f"is not the key {fp}")):
+            iamsorry._sign_locally(fp, str(keys[other]))
+
+
+def test_without_an_agent_the_default_key_path_is_used(
+    private_home: Path, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
+    with pytest.raises(iamsorry.AgentError, match=f"no terminal to ask for the passphrase of {ed25519}"):
+        iamsorry.key_secret(fp)
+
+
+def test_an_agent_failing_to_sign_falls_back_and_says_why(
+    private_home: Path, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: object, key: object, data: bytes) -> bytes:
+        raise iamsorry.AgentError("ssh-agent signed with ssh-rsa instead of rsa-sha2-256")
+
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    monkeypatch.setattr(iamsorry._Agent, "sign", broken)
+    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
+    with pytest.raises(iamsorry.AgentError, match="instead of rsa-sha2-256; and there is no terminal"):
+        iamsorry.key_secret(fp, str(ed25519))
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [
+        ("__encrypted__:v2::AAAA", "malformed"),  # no fingerprint
+        ("__encrypted__:v2:AAAA", "malformed"),  # no blob
+        ("__encrypted__:v2:FP:AAAA!AAAA", "bad base64"),  # valid once the ! is dropped
+    ],
+)
+def test_malformed_sealed_values_are_crypto_errors(value: str, error: str) -> None:
+    with pytest.raises(iamsorry.CryptoError, match=error):
+        iamsorry.open_sealed(value, "aws_access_key_id", b"\x07" * 64)
+
+
+@pytest.mark.parametrize(("size", "error"), [(16 + 12 + 16 - 1, "too short"), (16 + 12 + 16, "integrity check")])
+def test_sealed_blob_shorter_than_salt_nonce_and_tag_is_corrupt(size: int, error: str) -> None:
+    fp = KAT["ed25519"]["fingerprint"]
+    value = f"__encrypted__:v2:{fp[7:]}:" + base64.b64encode(b"\x01" * size).decode()
+    with pytest.raises(iamsorry.CryptoError, match=error):
+        iamsorry.open_sealed(value, "aws_access_key_id", b"\x07" * 64)
+
+
+def test_a_legacy_value_with_stray_characters_does_not_open(ed25519: Path) -> None:
+    good = _legacy_seal("AKIAMANAGERKEY000001", ed25519)
+    assert iamsorry.open_legacy(good, str(ed25519)) == "AKIAMANAGERKEY000001"
+    stray = good[:30] + "!" + good[30:]
+    with pytest.raises(iamsorry.CryptoError, match="cannot open a 0.2.x sealed value"):
+        iamsorry.open_legacy(stray, str(ed25519))

@@ -107,7 +107,7 @@ def test_namespace_users_are_owned_from_creation_and_older_users_are_never_swall
         iamsorry.chown_user(dirk, "sue-new", "sue")
 
 
-def test_minting_never_overwrites_a_long_term_or_sealed_profile(manager: FakeAws) -> None:
+def test_minting_never_overwrites_a_long_term_profile(manager: FakeAws) -> None:
     path = manager.home / ".aws" / "credentials"
     path.write_text(
         path.read_text() + "\n[sue-ops]\naws_access_key_id = AKIAOPSOPSOPSOPSOPS1\naws_secret_access_key = keep-me\n"
@@ -128,3 +128,21 @@ def test_revoked_manager_key_gives_a_clear_error(manager: FakeAws) -> None:
     assert_clean_error(proc, "InvalidClientTokenId", "administrator", "iam-sorry --reset")
     expire_profile("sue")
     assert_clean_error(run_cli("--eval", "sue"), "InvalidClientTokenId", "administrator")
+
+
+def test_minting_never_overwrites_a_sealed_profile(manager: FakeAws) -> None:
+    """A second sealed key (here a copy of sue-mgr's, as a renamed manager
+    would be) under a namespace user's name is refused before any AWS call."""
+    path = manager.home / ".aws" / "credentials"
+    sealed = iamsorry.read_aws_credentials()["sue-mgr"]
+    path.write_text(
+        path.read_text() + f"\n[sue-ops]\naws_access_key_id = {sealed['aws_access_key_id']}\n"
+        f"aws_secret_access_key = {sealed['aws_secret_access_key']}\n"
+    )
+    before = path.read_text()
+    manager.shim.reset_calls()
+    proc = run_cli("sue-ops", "--profile", "sue-mgr")  # two sealed profiles: name the manager
+    assert_clean_error(proc, "[sue-ops]", "holds a sealed key")
+    assert path.read_text() == before
+    assert dict(manager.shim.calls) == {}
+    assert "sue-ops" not in {u["UserName"] for u in manager.client("iam").list_users()["Users"]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
@@ -113,6 +114,20 @@ def test_unchanged_store_is_not_rewritten(private_home: Path) -> None:
     assert path.stat().st_ino == inode
 
 
+def test_a_credentials_edit_leaves_the_config_alone(private_home: Path) -> None:
+    path, cfg = creds_file(private_home), private_home / ".aws" / "config"
+    path.write_text("[a]\n")
+    path.chmod(0o600)
+    with iamsorry.Store().edit() as s:
+        s.creds.set("a", {"k": "v"})
+    assert not cfg.exists()  # not created empty
+    cfg.write_text("[profile a]\nregion = eu-west-1\n")
+    inode = cfg.stat().st_ino
+    with iamsorry.Store().edit() as s:
+        s.creds.set("a", {"k": "w"})
+    assert cfg.stat().st_ino == inode  # not rewritten
+
+
 @pytest.mark.parametrize(
     ("text", "line", "what"),
     [
@@ -161,14 +176,54 @@ def test_credentials_created_0600_and_config_keeps_its_mode(private_home: Path) 
     assert "[profile sue]\nregion = eu-west-1\n" in cfg.read_text()
 
 
-def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path) -> None:
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660, 0o666, 0o601, 0o610])
+def test_wide_credentials_file_is_tightened_with_one_warning(private_home: Path, mode: int) -> None:
     path = creds_file(private_home)
     path.write_text("[static]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
-    os.chmod(path, 0o644)
+    os.chmod(path, mode)
     proc = run_cli("--fix-profiles")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.count("tightened to 600") == 1
+    assert proc.stderr.count(f"was mode {mode:o}; tightened to 600") == 1
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("existing", [None, 0o644])
+def test_new_credentials_file_is_private_from_its_creation(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, existing: int | None
+) -> None:
+    """With umask 000 nothing hides a wide creation mode: every file the store
+    creates (temp file, lock) must be 0600 the instant it exists, not after a
+    later chmod or _tighten, also when it replaces a wider file."""
+    if existing is not None:
+        creds_file(private_home).write_text("[a]\n")
+        creds_file(private_home).chmod(existing)
+    created: dict[str, int] = {}
+    real_open = os.open
+
+    def spy(path: str, flags: int, mode: int = 0o777, *args: object, **kw: object) -> int:
+        fd = real_open(path, flags, mode, *args, **kw)  # type: ignore[arg-type]
+        if flags & os.O_CREAT:
+            created[os.path.basename(path)] = stat.S_IMODE(os.fstat(fd).st_mode)
+        return fd
+
+    old_umask = os.umask(0)
+    try:
+        monkeypatch.setattr(os, "open", spy)
+        iamsorry.update_profile_credentials(
+            "sue",
+            {"AccessKeyId": "ASIAAAAAAAAAAAAAAAA1", "SecretAccessKey": "s", "SessionToken": "t", "Expiration": None},
+            "sue",
+        )
+    finally:
+        os.umask(old_umask)
+    temps = [name for name in created if name.startswith(".credentials.") and name.endswith(".tmp")]
+    assert len(temps) == 1 and "credentials.lock" in created, created
+    assert {name: created[name] for name in (*temps, "credentials.lock")} == dict.fromkeys(
+        (*temps, "credentials.lock"), 0o600
+    )
+    if existing is None:  # the folder, too, is made private
+        assert stat.S_IMODE((private_home / ".aws").stat().st_mode) == 0o700
+    assert stat.S_IMODE((private_home / ".aws" / "credentials").stat().st_mode) == 0o600
 
 
 def test_symlinked_credentials_file_keeps_its_link(private_home: Path, tmp_path: Path) -> None:
@@ -182,11 +237,18 @@ def test_symlinked_credentials_file_keeps_its_link(private_home: Path, tmp_path:
     assert "[b]" in real.read_text()
 
 
-def test_env_paths_are_honoured(private_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "c"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "cfg"))
-    assert iamsorry.get_aws_credentials_path() == str(tmp_path / "c")
-    assert iamsorry.get_aws_config_path() == str(tmp_path / "cfg")
+def test_env_paths_are_honoured_by_the_store_and_the_cli(private_home: Path, tmp_path: Path) -> None:
+    creds, cfg = tmp_path / "elsewhere" / "c", tmp_path / "elsewhere" / "cfg"
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_CONFIG_FILE": str(cfg)}
+    creds.parent.mkdir()
+    creds.write_text("[svc]\naws_access_key_id = AKIASVCSVCSVCSVCSVC1\naws_secret_access_key = s\n")
+    creds.chmod(0o600)
+    proc = run_cli("--add-process-profile", "svc", env=env)  # writes the config file
+    assert proc.returncode == 0, proc.stderr
+    assert "[profile svc-auto]" in cfg.read_text()
+    assert "AKIASVCSVCSVCSVCSVC1" in run_cli("--eval", "svc", "--shell", "sh", env=env).stdout
+    assert (tmp_path / "elsewhere" / "c.lock").exists()  # the lock sits next to the file it guards
+    assert not (private_home / ".aws").exists()  # ~/.aws was never read, written or locked
 
 
 _WRITER = """
@@ -211,12 +273,21 @@ def test_fifty_parallel_writers_lose_nothing(private_home: Path) -> None:
 
 
 _LOOPER = """
-import importlib.machinery, sys, itertools
+import importlib.machinery, itertools, os, sys
 m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()
+real_open, real_replace = os.open, os.replace
+def spy_open(path, *args, **kw):
+    if str(path).endswith('.tmp'):
+        os.write(1, b'c')  # a temp file is about to exist: a write is under way
+    return real_open(path, *args, **kw)
+def spy_replace(*args):
+    real_replace(*args)
+    os.write(1, b'r')  # renamed into place: the write is done
+os.open, os.replace = spy_open, spy_replace
 print('ready', flush=True)
 for i in itertools.count():
-    m.update_profile_credentials('churn', {'AccessKeyId': 'ASIACHURN%016d' % i, 'SecretAccessKey': 'x' * (i % 300),
-        'SessionToken': 't' * (i % 500), 'Expiration': '2030-01-01T00:00:00Z'}, 'churn')
+    m.update_profile_credentials('churn', {'AccessKeyId': 'ASIACHURN%011d' % i, 'SecretAccessKey': 'x' * (i % 300),
+        'SessionToken': 't' * (1 + i % 500), 'Expiration': '2030-01-01T00:00:00Z'}, 'churn')
 """
 
 
@@ -227,17 +298,20 @@ def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> No
     )
     path.write_text(keep)
     rng = random.Random(1234)
+    mid_write = 0  # kills that landed between a temp file's creation and its rename
     for _ in range(100):
         proc = subprocess.Popen([sys.executable, "-c", _LOOPER, str(SCRIPT)], stdout=subprocess.PIPE)
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         time.sleep(rng.uniform(0, 0.03))
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        assert proc.wait() == -signal.SIGKILL  # it was still writing, not dead of an error
+        mid_write += proc.stdout.read().endswith(b"c")
         profiles = iamsorry.read_aws_credentials()
         assert {f"keep{i}" for i in range(20)} <= set(profiles)
         assert path.read_text().startswith(keep)
+    assert mid_write >= 5, f"only {mid_write} of 100 kills landed during a write: the test proved little"
     leftovers = [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
-    assert len(leftovers) <= 100  # a kill between create and rename may leave a temp file, never a broken store
+    assert len(leftovers) <= mid_write  # a kill mid-write may leave its temp file, never a broken store
 
 
 def test_lock_times_out_with_a_message_naming_the_lock(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,7 +373,7 @@ def test_write_failures_are_clean_errors(
     assert iamsorry.main(["--fix-profiles"]) == 3
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("iam-sorry: error:")]
-    assert len(errors) == 1 and "cannot write" in errors[0] and "Disk quota exceeded" in errors[0]
+    assert errors == [f"iam-sorry: error: cannot write {path.parent / 'config'}: Disk quota exceeded"]  # config first
     assert "Traceback" not in err
     assert not (private_home / ".aws" / "config").exists()
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
@@ -343,6 +417,345 @@ def test_profile_is_a_case_insensitive_mapping_on_every_path(private_home: Path)
     with pytest.raises(KeyError):
         profile[1]  # type: ignore[index]
     assert "AKIA" not in repr(profile)
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("[a]\nk = 1", "[a]\nk = 1\n\n[b]\nx = y\n"),  # no final newline
+        ("[a]\nk = 1\nj = 2", "[a]\nk = 1\nj = 2\n\n[b]\nx = y\n"),
+        ("[a]\nk = 1\n", "[a]\nk = 1\n\n[b]\nx = y\n"),
+        ("[a]\nk = 1\n\n", "[a]\nk = 1\n\n[b]\nx = y\n"),  # already a blank line: no second one
+        ("", "[b]\nx = y\n"),
+    ],
+)
+def test_a_new_section_is_separated_by_exactly_one_blank_line(before: str, after: str) -> None:
+    ini = iamsorry.IniFile("f", before)
+    ini.set("b", {"x": "y"})
+    assert ini.text() == after
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("[a]\nk = 1", "[a]\nk = 1\nnew = v\n"),  # no final newline
+        ("[a]\nk = 1\n[b]\n", "[a]\nk = 1\nnew = v\n[b]\n"),
+        ("[a]\ntok = x\n    more\n[b]\n", "[a]\ntok = x\n    more\nnew = v\n[b]\n"),  # after a continuation
+        ("[a]\n[b]\nk = 1\n", "[a]\nnew = v\n[b]\nk = 1\n"),  # a section with no keys yet
+        ("# top\n[a]\nk = 1\n", "# top\n[a]\nk = 1\nnew = v\n"),
+    ],
+)
+def test_a_new_key_goes_after_the_sections_last_line(before: str, after: str) -> None:
+    ini = iamsorry.IniFile("f", before)
+    ini.set("a", {"new": "v"})
+    assert ini.text() == after
+    assert ini.get("a") == {**(iamsorry.IniFile("g", before).get("a") or {}), "new": "v"}
+
+
+def test_a_profile_only_in_config_says_so(private_home: Path) -> None:
+    creds_file(private_home).write_text("[a]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\n")
+    (private_home / ".aws" / "config").write_text("[profile cfg]\nregion = eu-west-1\n")
+    store = iamsorry.Store().load()
+    with pytest.raises(iamsorry.ProfileNotFound, match=r"\(only in config\)"):
+        store.require("cfg")
+    with pytest.raises(iamsorry.ProfileNotFound) as err:
+        store.require("ghost")
+    assert "only in config" not in str(err.value)
+
+
+def test_an_unreadable_credentials_file_is_a_store_error(private_home: Path) -> None:
+    path = creds_file(private_home)
+    path.symlink_to(path.name)  # a link to itself: open() fails with ELOOP, even for root
+    with pytest.raises(iamsorry.StoreError, match="cannot read"):
+        iamsorry.read_aws_credentials()
+
+
+def test_a_failed_edit_releases_the_lock(private_home: Path) -> None:
+    path = creds_file(private_home)
+    path.write_text("[a]\nthis line is nonsense\n")
+    with pytest.raises(iamsorry.StoreError), iamsorry.Store().edit():
+        pass
+    probe = (
+        "import fcntl, os, sys\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"  # raises if still held
+    )
+    lock = str(path) + ".lock"
+    assert subprocess.run([sys.executable, "-c", probe, lock], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("line", ["aws_secret_access_key = x]y", "AWS_Secret_Access_Key = x]y", "Key: [a]b"])
+def test_a_value_with_brackets_is_not_a_section(line: str) -> None:
+    ini = iamsorry.IniFile("f", f"[a]\n{line}\n")
+    assert list(ini.sections) == ["a"]
+    key, value = (part.strip() for part in re.split("[=:]", line, maxsplit=1))
+    assert ini.get("a") == {key.lower(): value}
+
+
+_HOLD = (
+    "import fcntl, os, sys\n"
+    "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\nsys.stdin.read()\n"
+)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_waiting_writer_says_so_once_on_a_terminal(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lock = str(creds_file(private_home)) + ".lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, lock], stdout=subprocess.PIPE, stdin=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        screen = _Terminal()
+        monkeypatch.setattr(iamsorry.UI, "stream", screen)
+        with pytest.raises(iamsorry.StoreError, match="timed out"), iamsorry._StoreLock(lock, timeout=0.5):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert screen.getvalue().count(f"waiting for {lock} ...") == 1
+
+
+def test_a_file_that_cannot_be_tightened_is_left_without_a_claim(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Someone else's file, or one on a read-only mount: chmod fails; say nothing false, raise nothing."""
+    path = creds_file(private_home)
+    path.write_text("[a]\n")
+    path.chmod(0o644)
+
+    def refuse(*args: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(iamsorry.UI, "stream", sys.stderr)
+    with monkeypatch.context() as local:
+        local.setattr(os, "chmod", refuse)
+        iamsorry._tighten(str(path))
+    assert "tightened" not in capsys.readouterr().err
+    iamsorry._tighten(str(path))  # the control: chmod works, the claim is made
+    assert "tightened to 600" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("line", "number"), [("[]", 2), ("[unclosed", 2), ("= value", 3)])
+def test_an_empty_section_name_or_key_cannot_be_parsed(line: str, number: int) -> None:
+    text = "[a]\nk = 1\n" + line + "\n" if number == 3 else "[a]\n" + line + "\n"
+    with pytest.raises(iamsorry.StoreError, match=f"f:{number}: cannot parse"):
+        iamsorry.IniFile("f", text)
+
+
+def test_removing_a_missing_section_changes_nothing() -> None:
+    ini = iamsorry.IniFile("f", "[a]\nk = 1\n")
+    assert ini.remove("ghost") is False
+    assert ini.text() == "[a]\nk = 1\n"
+
+
+def test_a_credentials_file_that_is_not_utf8_is_a_store_error(private_home: Path) -> None:
+    creds_file(private_home).write_bytes(b"[a]\nk = caf\xe9\n")
+    with pytest.raises(iamsorry.StoreError, match=r"not UTF-8 text \(byte 11\)"):
+        iamsorry.read_aws_credentials()
+
+
+def test_the_store_lock_is_reentrant_and_held_until_the_outer_exit(private_home: Path) -> None:
+    lock = str(creds_file(private_home)) + ".lock"
+    probe = "import fcntl, os, sys\nfcntl.flock(os.open(sys.argv[1], os.O_RDWR), fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+
+    def free() -> bool:
+        return subprocess.run([sys.executable, "-c", probe, lock], capture_output=True).returncode == 0
+
+    with iamsorry._StoreLock(lock):
+        with iamsorry._StoreLock(lock):
+            assert not free()
+        assert not free()  # the inner exit must not release it
+    assert free()
+
+
+def test_config_profiles_are_default_and_profile_sections_only(private_home: Path) -> None:
+    (private_home / ".aws").mkdir()
+    (private_home / ".aws" / "config").write_text(
+        "[another]\nk = 1\n[default]\nregion = a\n[profile p]\nregion = b\n[sso-session s]\nk = 2\n"
+    )
+    assert iamsorry.read_aws_config() == {"default": {"region": "a"}, "p": {"region": "b"}}
+
+
+def test_a_sealed_value_stays_sealed_without_auto_decrypt(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reading the file never talks to ssh-agent unless asked to decrypt."""
+    sealed = "__encrypted__:v2:9kJwVQsOXYSld9Od2EyoRULVhZdkChebE64H0/3Ekjg:AAAA"
+    creds_file(private_home).write_text(f"[m]\naws_access_key_id = {sealed}\naws_secret_access_key = {sealed}\n")
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/nonexistent/agent.sock")
+    profile = iamsorry.read_aws_credentials()["m"]
+    assert profile["aws_access_key_id"] == sealed and profile.sealed()
+
+
+def test_the_one_sealed_profile_is_the_manager(private_home: Path) -> None:
+    sealed = "__encrypted__:v2:FP:AAAA"
+    creds_file(private_home).write_text(
+        f"[plain]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\n[m]\naws_access_key_id = {sealed}\n"
+    )
+    assert iamsorry.select_manager(iamsorry.Store().load()) == "m"
+    creds_file(private_home).write_text("[plain]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\n")
+    assert iamsorry.select_manager(iamsorry.Store().load()) is None
+    creds_file(private_home).write_text("[iam-sorry]\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\n")
+    assert iamsorry.select_manager(iamsorry.Store().load()) == "iam-sorry"  # the 0.2.x name
+
+
+def test_several_sealed_profiles_need_a_choice(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sealed = "__encrypted__:v2:FP:AAAA"
+    creds_file(private_home).write_text(f"[m1]\naws_access_key_id = {sealed}\n[m2]\naws_access_key_id = {sealed}\n")
+    with pytest.raises(iamsorry.UsageError, match="several manager profiles: m1, m2"):
+        iamsorry.select_manager(iamsorry.Store().load())
+    monkeypatch.setenv("AWS_PROFILE", "m2")
+    assert iamsorry.select_manager(iamsorry.Store().load()) == "m2"
+    assert iamsorry.select_manager(iamsorry.Store().load(), "m1") == "m1"
+    session = "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\n"
+    creds_file(private_home).write_text(f"[m]\naws_access_key_id = {sealed}\n{session}")
+    monkeypatch.setenv("AWS_PROFILE", "sue")  # a session profile, not a manager
+    assert iamsorry.require_manager(iamsorry.Store().load()) == "m"
+    creds_file(private_home).write_text(session)
+    with pytest.raises(iamsorry.ProfileNotFound, match="no manager profile"):
+        iamsorry.require_manager(iamsorry.Store().load())
+
+
+def test_a_private_file_is_not_tightened_nor_warned_about(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = creds_file(private_home)
+    path.write_text("[a]\n")
+    path.chmod(0o600)
+    monkeypatch.setattr(iamsorry.UI, "stream", sys.stderr)
+    iamsorry._tighten(str(path))
+    assert capsys.readouterr().err == ""
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_config_file_in_a_new_folder_gets_a_private_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "new" / "config"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(cfg))
+    old_umask = os.umask(0)
+    try:
+        with iamsorry.Store().edit() as s:
+            s.config.set("profile p", {"region": "eu-west-1"})
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(cfg.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o600  # a new config file starts private too
+    assert cfg.read_text() == "[profile p]\nregion = eu-west-1\n"
+
+
+@pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), OSError("disk gone")])
+def test_a_failed_write_reports_its_own_error_even_if_cleanup_fails(
+    private_home: Path, monkeypatch: pytest.MonkeyPatch, fault: OSError
+) -> None:
+    path = creds_file(private_home)
+
+    def fail(*args: object) -> None:
+        raise fault
+
+    def unlink_fails(*args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "replace", fail)
+    monkeypatch.setattr(os, "unlink", unlink_fails)
+    with pytest.raises(iamsorry.StoreError) as err:
+        iamsorry.atomic_write(str(path), "[a]\n", secret=True)
+    assert str(err.value) == f"cannot write {path}: {fault.strerror or fault}"
+
+
+def test_every_config_change_is_written(private_home: Path) -> None:
+    cfg = private_home / ".aws" / "config"
+    cfg.parent.mkdir()
+    cfg.write_text("[profile p]\nregion = z\n[profile q]\nregion = y\n")
+    for change, after in (
+        (("profile p", {"region": "a"}), "[profile p]\nregion = a\n[profile q]\nregion = y\n"),  # sorts lower
+        (("profile q", {"region": None}), "[profile p]\nregion = a\n[profile q]\n"),  # shorter
+    ):
+        with iamsorry.Store().edit() as s:
+            s.config.set(*change)
+        assert cfg.read_text() == after
+
+
+def test_config_sections_are_named_profile_x_except_default() -> None:
+    assert [iamsorry.config_section(p) for p in ("default", "abc", "zed")] == ["default", "profile abc", "profile zed"]
+
+
+def test_a_key_right_after_its_name_parses() -> None:
+    assert iamsorry.IniFile("f", "[a]\nk=v\nj:w\n").get("a") == {"k": "v", "j": "w"}
+
+
+def test_the_lock_waits_two_minutes_by_default(private_home: Path) -> None:
+    assert iamsorry._StoreLock(str(creds_file(private_home)) + ".lock").timeout == 120  # as the README says
+
+
+def test_an_edited_config_keeps_every_mode_bit(private_home: Path) -> None:
+    cfg = private_home / ".aws" / "config"
+    cfg.parent.mkdir()
+    cfg.write_text("[default]\nregion = a\n")
+    cfg.chmod(0o751)
+    with iamsorry.Store().edit() as s:
+        s.config.set("default", {"region": "b"})
+    assert stat.S_IMODE(cfg.stat().st_mode) == 0o751 and cfg.read_text() == "[default]\nregion = b\n"
+
+
+@pytest.mark.parametrize("holder_is_main", [True, False])
+def test_another_thread_waits_for_the_lock(private_home: Path, holder_is_main: bool) -> None:
+    """Re-entrant for the holding thread only: any other thread waits (here: times out)."""
+    import threading
+
+    lock = str(creds_file(private_home)) + ".lock"
+    held, done = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def hold() -> None:
+        with iamsorry._StoreLock(lock):
+            held.set()
+            done.wait(30)
+
+    def contend() -> None:
+        try:
+            with iamsorry._StoreLock(lock, timeout=0.3):
+                outcome.append("entered")
+        except iamsorry.StoreError:
+            outcome.append("timed out")
+
+    other = threading.Thread(target=contend if holder_is_main else hold)
+    if holder_is_main:
+        with iamsorry._StoreLock(lock):
+            other.start()
+            other.join(30)
+    else:
+        other.start()
+        assert held.wait(30)
+        contend()
+        done.set()
+        other.join(30)
+    assert outcome == ["timed out"]
+
+
+def test_a_lock_file_that_cannot_be_made_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    with (
+        pytest.raises(iamsorry.StoreError, match="cannot open lock file"),
+        iamsorry._StoreLock(str(tmp_path / "file" / "x.lock")),
+    ):
+        pass
+
+
+def test_a_profile_made_by_hand_does_not_decrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SSH_AUTH_SOCK", "/nonexistent/agent.sock")
+    sealed = "__encrypted__:v2:FP:AAAA"
+    assert iamsorry.Profile("m", {"aws_access_key_id": sealed})["aws_access_key_id"] == sealed
+
+
+def test_read_aws_config_reads_the_file_it_is_given(private_home: Path, tmp_path: Path) -> None:
+    (private_home / ".aws").mkdir()
+    (private_home / ".aws" / "config").write_text("[profile home]\nregion = a\n")
+    (tmp_path / "other").write_text("[profile other]\nregion = b\n")
+    assert iamsorry.read_aws_config(str(tmp_path / "other")) == {"other": {"region": "b"}}
+    assert iamsorry.read_aws_config() == {"home": {"region": "a"}}
 
 
 @pytest.mark.parametrize(
