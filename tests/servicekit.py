@@ -321,9 +321,12 @@ def negotiate_token(realm: Any, user: str, host: str = "localhost") -> bytes:
     return bytes(ctx.step())
 
 
-def request_bytes(method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> bytes:
-    """An HTTP/1.1 request that closes its connection, Content-Length set when there is a body."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: localhost", "Connection: close"]
+def request_bytes(
+    method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"", close: bool = True
+) -> bytes:
+    """An HTTP/1.1 request (that closes its connection unless ``close`` is
+    False), Content-Length set when there is a body."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost"] + ["Connection: close"] * close
     lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
     if body and not any(k.lower() in ("content-length", "transfer-encoding") for k in headers or {}):
         lines.append(f"Content-Length: {len(body)}")
@@ -372,3 +375,55 @@ def parse_answer(got: bytes) -> Answer:
     lines = head.decode("latin-1").split("\r\n")
     headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     return Answer(int(lines[0].split()[1]), headers, body)
+
+
+class KeptAlive:
+    """One client's connection, kept alive across requests (far cheaper
+    than a TLS handshake each), made again whenever the server closed it."""
+
+    def __init__(self, svc: Service, timeout: float = 60) -> None:
+        self.svc, self.timeout, self.tls = svc, timeout, None
+        self.buffer = b""
+
+    def send(self, data: bytes) -> Answer:
+        """``data`` must not ask to close; the answer is read by its Content-Length.
+        A kept connection the server has closed meanwhile (it closes idle
+        ones) is made again and the request sent once more."""
+        for _ in range(2):
+            reused = self.tls is not None
+            if self.tls is None:
+                raw = socket.create_connection(("127.0.0.1", self.svc.port), timeout=self.timeout)
+                self.tls, self.buffer = self.svc.tls().wrap_socket(raw, server_hostname="localhost"), b""
+            try:
+                self.tls.sendall(data)
+                answer = self._read()
+            except OSError:
+                answer = None
+            if answer is None or answer.headers.get("connection", "").lower() == "close":
+                self.close()
+            if answer is not None or not reused:
+                break
+        return answer or Answer(None, {}, b"")
+
+    def _read(self) -> Answer | None:
+        assert self.tls is not None
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        answer = parse_answer(head + b"\r\n\r\n")
+        size = int(answer.headers.get("content-length", "0"))
+        while len(rest) < size:
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                return None
+            rest += chunk
+        answer.body, self.buffer = rest[:size], rest[size:]
+        return answer
+
+    def close(self) -> None:
+        if self.tls is not None:
+            self.tls.close()
+        self.tls = None
