@@ -47,7 +47,7 @@ LIMITS = f"""
 read_timeout = {READ_TIMEOUT}
 keepalive = 2
 """
-HEALTHZ_BOUND = 5.0  # seconds; see test_the_fuzz
+HEALTHZ_BOUND = 2.0  # seconds; see test_the_fuzz
 SLOW_CLIENTS = ["slow head"] * 8 + ["slow body"] * 4 + ["idle"] * 4 + ["idle, no TLS"] * 4
 
 
@@ -470,10 +470,12 @@ def test_the_fuzz(svc: servicekit.Service, krb_realm: Any, monkeypatch: pytest.M
     assert sorted(loris) == sorted((how, None, True) for how in SLOW_CLIENTS), loris
     assert [a.status for a in held] == [401] * len(held)
     assert probes and all(status == 200 for status, _ in probes), [p for p in probes if p[0] != 200][:5]
-    # The issue asks for /healthz "within a second"; this bound is 5x that, so
-    # that a CI machine whose two cores the fuzz itself saturates cannot fail
-    # it, and still far under what one stalled thread or main loop costs
-    # (READ_TIMEOUT, gunicorn's 2 s linger per closed connection).
+    # The issue asks for /healthz "within a second".  The bound is twice that,
+    # for a CI machine whose two cores the fuzz itself saturates (measured
+    # here: p99 about 0.1 s, max 0.3 s), and still below what the failures
+    # this guards against cost: a main loop stalled by gunicorn's 2 s linger
+    # per held connection (4 s measured without the fix), or threads held by
+    # slow clients (READ_TIMEOUT each, or for ever without the watch).
     assert max(seconds for _, seconds in probes) < HEALTHZ_BOUND
     assert after.status == 200
 
