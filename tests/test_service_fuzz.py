@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+import gunicorn
 import pytest
 import servicekit
 from conftest import SCRIPT, iamsorry
@@ -48,7 +49,9 @@ read_timeout = {READ_TIMEOUT}
 keepalive = 2
 """
 HEALTHZ_BOUND = 2.0  # seconds; see test_the_fuzz
-SLOW_CLIENTS = ["slow head"] * 8 + ["slow body"] * 4 + ["idle"] * 4 + ["idle, no TLS"] * 4
+SLOW_CLIENTS = ["slow head"] * 8 + ["slow body"] * 4 + ["idle"] * 4
+if gunicorn.version_info >= (27,):  # older ones never close a connection that sends nothing (see the README)
+    SLOW_CLIENTS += ["idle, no TLS"] * 4
 
 
 @dataclass
@@ -347,7 +350,10 @@ def slowloris(svc: servicekit.Service, how: str) -> tuple[str, int | None, bool]
     deadline = time.monotonic() + 30
     if how == "idle, no TLS":  # gunicorn's main loop holds it, up to keepalive
         with raw:
-            return how, servicekit.parse_answer(raw.recv(4096)).status, True
+            try:
+                return how, servicekit.parse_answer(raw.recv(4096)).status, True
+            except TimeoutError:
+                return how, None, False
     try:
         tls = svc.tls().wrap_socket(raw, server_hostname="localhost")
     except (OSError, ssl.SSLError):
