@@ -19,6 +19,8 @@ tool is mostly about exactly that.  This shim closes the gaps our tests need:
 * Every request is counted per action at the server, and faults can be
   injected per action, so tests can assert on real traffic (also when the
   code under test runs in other processes against ``ThreadedMotoServer``).
+  Answers can be made slow per action, before the action runs (AWS is slow)
+  or after it (AWS did it, but the answer comes too late: a lost answer).
 * AssumeRole: moto ignores ``SourceIdentity`` and session tags, never checks
   that the role exists, and never reads its trust policy.  Here the role must
   exist; its trust policy must name the caller (its ARN, its account's root
@@ -191,6 +193,7 @@ class Shim:
             self.log = []
             self.role_sessions = {}
             self._faults: dict[str, collections.deque[AwsError]] = collections.defaultdict(collections.deque)
+            self._delays: dict[str, collections.deque[tuple[float, bool]]] = collections.defaultdict(collections.deque)
             self._sessions: dict[str, _Session] = {}
             self._issued: dict[str, float] = {}
 
@@ -216,6 +219,24 @@ class Shim:
         error = AwsError(code, f"Injected {code} for {action}", status)
         with self._lock:
             self._faults[action].extend([error] * times)
+
+    def clear_faults(self) -> None:
+        """Forget the faults and delays not yet used (a failed test's leftovers)."""
+        with self._lock:
+            self._faults.clear()
+            self._delays.clear()
+
+    def slow(self, action: str, seconds: float, times: int = 1, after: bool = False) -> None:
+        """Make the next ``times`` answers to ``action`` wait ``seconds``.
+
+        ``after=False``: the server waits before it runs the action (AWS is
+        slow; a client that gives up first changed nothing).  ``after=True``:
+        it runs the action, then waits before answering (AWS did it, but a
+        client that gives up first never learns so).  Combined with
+        ``fail``, the fault (checked first) does not consume a delay.
+        """
+        with self._lock:
+            self._delays[action].extend([(seconds, after)] * times)
 
     def expire_sessions(self) -> None:
         """Expire every session credential minted so far (not later ones)."""
@@ -243,7 +264,9 @@ class Shim:
 
     # -- used by the patched moto code -------------------------------------
 
-    def _admit(self, action: str, service: str = "", access_key: str = "") -> None:
+    def _admit(self, action: str, service: str = "", access_key: str = "") -> float:
+        """Count and log the call, raise its fault or wait its delay; the
+        seconds to wait after the action ran (0 for none)."""
         with self._lock:
             self.calls[action] += 1
             session = self.role_sessions.get(access_key)
@@ -251,8 +274,13 @@ class Shim:
             self.log.append(Call(service, action, access_key, *who))
             pending = self._faults.get(action)
             error = pending.popleft() if pending else None
+            delays = self._delays.get(action)
+            delay = delays.popleft() if delays and error is None else (0.0, False)
         if error is not None:
             raise error
+        if not delay[1]:
+            time.sleep(delay[0])
+        return delay[0] if delay[1] else 0.0
 
     def _session(self, access_key_id: str) -> _Session | None:
         with self._lock:
@@ -352,11 +380,13 @@ def _wrap_call_action(original: Callable[[BaseResponse], Any]) -> Callable[[Base
     @functools.wraps(original)
     def call_action(self: BaseResponse) -> Any:
         try:
-            _SHIM._admit(self._get_action(), self.boto3_service_name, self.get_access_key())
+            late = _SHIM._admit(self._get_action(), self.boto3_service_name, self.get_access_key())
             _SHIM._authenticate(self.get_access_key(), _security_token(self))
-            return original(self)
+            result = original(self)
         except AwsError as error:
             return _error_response(self, error)
+        time.sleep(late)
+        return result
 
     return call_action
 

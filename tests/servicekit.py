@@ -194,6 +194,10 @@ class Service:
             proc.wait()
             return None
 
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -293,3 +297,133 @@ def running_service(realm: Any, moto_url: str, folder: Path, extra: str = "") ->
         yield svc
     finally:
         svc.stop()
+
+
+# -- raw clients, for hostile tests ------------------------------------------
+
+SPNEGO = "1.3.6.1.5.5.2"
+
+
+def negotiate_token(realm: Any, user: str, host: str = "localhost") -> bytes:
+    """A fresh SPNEGO token of ``user`` (from its ccache) for ``HTTP@host``,
+    made in this process with python-gssapi (far cheaper than a curl per
+    request).  The process needs the realm's KRB5_CONFIG in its environment."""
+    import gssapi
+
+    creds = gssapi.Credentials(usage="initiate", store={"ccache": realm.ccache(user)})
+    ctx = gssapi.SecurityContext(
+        name=gssapi.Name(f"HTTP@{host}", gssapi.NameType.hostbased_service),
+        creds=creds,
+        usage="initiate",
+        mech=gssapi.OID.from_int_seq(SPNEGO),
+        flags=gssapi.RequirementFlag.mutual_authentication,
+    )
+    return bytes(ctx.step())
+
+
+def request_bytes(
+    method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"", close: bool = True
+) -> bytes:
+    """An HTTP/1.1 request (that closes its connection unless ``close`` is
+    False), Content-Length set when there is a body."""
+    lines = [f"{method} {path} HTTP/1.1", "Host: localhost"] + ["Connection: close"] * close
+    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    if body and not any(k.lower() in ("content-length", "transfer-encoding") for k in headers or {}):
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+@dataclass
+class Answer:
+    """What a raw exchange got: the status (None: the connection closed with no answer) and the body."""
+
+    status: int | None
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def exchange(svc: Service, data: bytes, timeout: float = 30, context: ssl.SSLContext | None = None) -> Answer:
+    """Send ``data`` over a new TLS connection and read until the server
+    closes it (the request asks for that)."""
+    raw = socket.create_connection(("127.0.0.1", svc.port), timeout=timeout)
+    try:
+        tls = (context or svc.tls()).wrap_socket(raw, server_hostname="localhost")
+    except BaseException:
+        raw.close()
+        raise
+    got = b""
+    with tls:
+        try:
+            tls.sendall(data)
+        except OSError:  # the server may answer and close before it has read everything
+            pass
+        try:
+            while chunk := tls.recv(65536):
+                got += chunk
+        except (ssl.SSLError, ConnectionResetError):
+            pass
+    return parse_answer(got)
+
+
+def parse_answer(got: bytes) -> Answer:
+    if not got:
+        return Answer(None, {}, b"")
+    head, _, body = got.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+class KeptAlive:
+    """One client's connection, kept alive across requests (far cheaper
+    than a TLS handshake each), made again whenever the server closed it."""
+
+    def __init__(self, svc: Service, timeout: float = 60) -> None:
+        self.svc, self.timeout, self.tls = svc, timeout, None
+        self.buffer = b""
+
+    def send(self, data: bytes) -> Answer:
+        """``data`` must not ask to close; the answer is read by its Content-Length.
+        A kept connection the server has closed meanwhile (it closes idle
+        ones) is made again and the request sent once more."""
+        for _ in range(2):
+            reused = self.tls is not None
+            if self.tls is None:
+                raw = socket.create_connection(("127.0.0.1", self.svc.port), timeout=self.timeout)
+                self.tls, self.buffer = self.svc.tls().wrap_socket(raw, server_hostname="localhost"), b""
+            try:
+                self.tls.sendall(data)
+                answer = self._read()
+            except OSError:
+                answer = None
+            if answer is None or answer.headers.get("connection", "").lower() == "close":
+                self.close()
+            if answer is not None or not reused:
+                break
+        return answer or Answer(None, {}, b"")
+
+    def _read(self) -> Answer | None:
+        assert self.tls is not None
+        while b"\r\n\r\n" not in self.buffer:
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        head, _, rest = self.buffer.partition(b"\r\n\r\n")
+        answer = parse_answer(head + b"\r\n\r\n")
+        size = int(answer.headers.get("content-length", "0"))
+        while len(rest) < size:
+            chunk = self.tls.recv(65536)
+            if not chunk:
+                return None
+            rest += chunk
+        answer.body, self.buffer = rest[:size], rest[size:]
+        return answer
+
+    def close(self) -> None:
+        if self.tls is not None:
+            self.tls.close()
+        self.tls = None

@@ -1,0 +1,266 @@
+"""The department service when AWS misbehaves and clients push their
+limits, end to end: the real ``iam-sorry serve`` (gunicorn over TLS) against
+the Kerberos realm and the moto server, whose shim throttles, fails and
+slows chosen AWS actions.  One server for the module, with small limits so
+that each bound is reached in a second or two."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import pytest
+import servicekit
+from conftest import ADMIN_KEY, REGION, iamsorry
+
+ATTEMPTS = 2  # aws_attempts below: each AWS call is tried this often, then the request fails
+LIMITS = f"""
+[limits]
+max_body = 4096
+rate = 1
+burst = 20
+mints = 1
+read_timeout = 3
+aws_attempts = {ATTEMPTS}
+aws_timeout = 1
+aws_deadline = 4
+"""
+
+
+@pytest.fixture(scope="module")
+def svc(krb_realm: Any, moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[servicekit.Service]:
+    servicekit.reset_aws(moto_url)
+    with servicekit.running_service(krb_realm, moto_url, tmp_path_factory.mktemp("hostile"), LIMITS) as service:
+        yield service
+
+
+@pytest.fixture(autouse=True)
+def tickets(krb_realm: Any) -> None:
+    for user in ("sue", "ann"):
+        krb_realm.kinit(user)
+
+
+@pytest.fixture
+def shim(svc: servicekit.Service) -> Iterator[Any]:
+    import moto_shim
+
+    found = moto_shim.install()
+    found.reset_calls()
+    yield found
+    found.propagation_delay = 0.0
+    found.clear_faults()
+    found.reset_calls()
+
+
+def iam(svc: servicekit.Service) -> Any:
+    return boto3.client("iam", endpoint_url=svc.moto_url, region_name=REGION, aws_access_key_id=ADMIN_KEY[0],
+                        aws_secret_access_key=ADMIN_KEY[1])  # fmt: skip
+
+
+def keys_of(svc: servicekit.Service, user: str) -> list[str]:
+    """The access keys AWS holds for ``user``, counted at moto."""
+    return [k["AccessKeyId"] for k in iam(svc).list_access_keys(UserName=user)["AccessKeyMetadata"]]
+
+
+def call(svc: servicekit.Service, user: str, action: str, body: Any) -> tuple[int, dict[str, str], Any]:
+    return svc.curl(user, f"/v1/{action}", body)
+
+
+def new_user(svc: servicekit.Service, name: str) -> None:
+    status, _, doc = call(svc, "sue", "create-user", {"user": name})
+    assert status == 201, doc
+
+
+def test_throttling_that_recovers_is_retried_and_the_mint_succeeds(svc: servicekit.Service, shim: Any) -> None:
+    new_user(svc, "sue-thr")
+    shim.reset_calls()
+    shim.fail("AssumeRole", "Throttling", times=1, status=400)
+    shim.fail("CreateAccessKey", "Throttling", times=ATTEMPTS - 1, status=400)
+    shim.fail("GetSessionToken", "Throttling", times=ATTEMPTS - 1, status=400)
+    status, _, doc = call(svc, "sue", "credentials", {"user": "sue-thr", "hours": 1})
+    assert status == 200, doc
+    assert (shim.calls["CreateAccessKey"], shim.calls["GetSessionToken"]) == (ATTEMPTS, ATTEMPTS)
+    assert keys_of(svc, "sue-thr") == []  # the temporary key went afterwards, as always
+
+
+def test_throttling_beyond_the_bound_is_502_and_leaves_no_key(svc: servicekit.Service, shim: Any) -> None:
+    new_user(svc, "sue-thr2")
+    shim.reset_calls()
+    shim.fail("GetSessionToken", "Throttling", times=ATTEMPTS, status=400)
+    status, _, doc = call(svc, "sue", "credentials", {"user": "sue-thr2", "hours": 1})
+    assert status == 502 and "Throttling" in doc["error"], doc
+    assert shim.calls["GetSessionToken"] == ATTEMPTS  # the bound: so many tries, no more
+    assert shim.calls["DeleteAccessKey"] == 1 and keys_of(svc, "sue-thr2") == []
+    shim.reset_calls()
+    shim.fail("CreateAccessKey", "Throttling", times=ATTEMPTS, status=400)
+    status, _, doc = call(svc, "sue", "credentials", {"user": "sue-thr2", "hours": 1})
+    assert status == 502 and "Throttling" in doc["error"], doc
+    assert shim.calls["CreateAccessKey"] == ATTEMPTS and shim.calls["GetSessionToken"] == 0
+    assert keys_of(svc, "sue-thr2") == []
+
+
+def test_slow_aws_is_504_and_the_key_made_before_is_deleted(svc: servicekit.Service, shim: Any) -> None:
+    new_user(svc, "sue-slow")
+    shim.reset_calls()
+    shim.slow("GetSessionToken", 2.5, times=ATTEMPTS)  # aws_timeout = 1
+    status, _, doc = call(svc, "sue", "credentials", {"user": "sue-slow", "hours": 1})
+    assert status == 504 and ("did not answer in time" in doc["error"] or "this request may take" in doc["error"]), doc
+    assert shim.calls["GetSessionToken"] == ATTEMPTS
+    assert keys_of(svc, "sue-slow") == []
+
+
+def test_a_request_out_of_time_for_aws_is_504_and_leaves_no_key(svc: servicekit.Service, shim: Any) -> None:
+    """New keys that never propagate: the mint would wait for
+    IAM_SORRY_PROPAGATION_TIMEOUT (20 s here); aws_deadline (4 s) ends it."""
+    new_user(svc, "sue-late")
+    shim.reset_calls()
+    shim.settle()  # only keys made from now on take that long
+    shim.propagation_delay = 120.0
+    status, _, doc = call(svc, "sue", "credentials", {"user": "sue-late", "hours": 1})
+    assert status == 504 and "within the 4s this request may take" in doc["error"], doc
+    assert shim.calls["GetSessionToken"] >= 2  # it kept trying until its time was up
+    assert keys_of(svc, "sue-late") == []  # cleanup got time of its own
+
+
+def test_a_lost_answer_to_create_access_key_leaves_no_key(svc: servicekit.Service, shim: Any) -> None:
+    """AWS makes the key but its answer comes after the client gave up;
+    botocore's retry makes a second.  Both go."""
+    new_user(svc, "sue-lost")
+    shim.reset_calls()
+    shim.slow("CreateAccessKey", 2.0, after=True)
+    status, _, doc = call(svc, "sue", "credentials", {"user": "sue-lost", "hours": 1})
+    assert status == 200, doc
+    assert shim.calls["CreateAccessKey"] == 2
+    assert keys_of(svc, "sue-lost") == []
+    assert shim.calls["DeleteAccessKey"] == 2
+
+
+def test_a_fault_after_create_access_key_deletes_the_key_even_when_delete_is_throttled(
+    svc: servicekit.Service, shim: Any
+) -> None:
+    new_user(svc, "sue-fault")
+    shim.reset_calls()
+    shim.fail("GetSessionToken", "ServiceFailure", times=ATTEMPTS, status=500)
+    shim.fail("DeleteAccessKey", "Throttling", times=ATTEMPTS, status=400)
+    status, _, doc = call(svc, "sue", "credentials", {"user": "sue-fault", "hours": 1})
+    assert status == 502 and "ServiceFailure" in doc["error"], doc
+    assert shim.calls["DeleteAccessKey"] == ATTEMPTS + 1  # one call's tries failed; the next round did it
+    assert keys_of(svc, "sue-fault") == []
+    assert "Traceback" not in svc.log_text()
+
+
+def test_a_failed_key_rotation_leaves_the_old_key_alone_and_no_new_one(svc: servicekit.Service, shim: Any) -> None:
+    new_user(svc, "sue-rot")
+    status, _, first = call(svc, "sue", "service-key", {"user": "sue-rot"})
+    assert status == 200, first
+    shim.reset_calls()
+    shim.fail("GetCallerIdentity", "ServiceFailure", times=ATTEMPTS, status=500)  # trying the new key
+    status, _, doc = call(svc, "sue", "service-key", {"user": "sue-rot"})
+    assert status == 502, doc
+    assert keys_of(svc, "sue-rot") == [first["AccessKeyId"]]
+    shim.reset_calls()
+    shim.fail("DeleteAccessKey", "Throttling", times=ATTEMPTS, status=400)  # deleting the old key
+    status, _, doc = call(svc, "sue", "service-key", {"user": "sue-rot"})
+    assert status == 502 and "delete the old key" in doc["error"], doc
+    assert shim.calls["CreateAccessKey"] == 1 and shim.calls["DeleteAccessKey"] == ATTEMPTS + 1
+    assert keys_of(svc, "sue-rot") == [first["AccessKeyId"]]
+
+
+def test_a_principal_over_its_rate_gets_429_with_retry_after(svc: servicekit.Service, shim: Any) -> None:
+    """burst = 20, rate = 1/s: 40 requests at once from ann are more than
+    her bucket holds; sue's bucket is her own."""
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: svc.curl("ann", "/v1/whoami"), range(40)))
+    refused = [(headers, doc) for status, headers, doc in answers if status == 429]
+    assert {status for status, _, _ in answers} == {200, 429}
+    assert len(refused) >= 40 - 20 - 15  # even if the 40 took 15 s, the bucket refilled 15 at most
+    headers, doc = refused[0]
+    assert int(headers["retry-after"]) >= 1 and doc["retry_after"] == int(headers["retry-after"])
+    assert "too many requests from ann@IAMSORRY.TEST" in doc["error"]
+    assert svc.curl("sue", "/v1/whoami")[0] == 200
+    assert sum(shim.calls.values()) == 0
+
+
+def test_more_mints_at_once_than_allowed_get_503_with_retry_after(svc: servicekit.Service, shim: Any) -> None:
+    """mints = 1: while one mint waits for its new key to propagate,
+    a mint for another user is refused at once, before anything in AWS."""
+    for name in ("sue-m1", "sue-m2"):
+        new_user(svc, name)
+    shim.reset_calls()
+    shim.settle()
+    shim.propagation_delay = 1.0
+    first: list[Any] = []
+    worker = threading.Thread(target=lambda: first.append(call(svc, "sue", "credentials", {"user": "sue-m1"})))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while shim.calls["CreateAccessKey"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status, headers, doc = call(svc, "sue", "credentials", {"user": "sue-m2"})
+    worker.join(60)
+    assert first[0][0] == 200, first
+    assert status == 503 and "1 mints are in flight" in doc["error"], doc
+    assert int(headers["retry-after"]) >= 1
+    assert shim.calls["CreateAccessKey"] == 1  # the refused one did nothing in AWS
+    shim.propagation_delay = 0.0
+    assert call(svc, "sue", "credentials", {"user": "sue-m2"})[0] == 200
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "needle"),
+    [
+        (["-H", "Content-Type: application/json", "--data-binary", "x" * 5000], 413, "over 4096 bytes"),
+        (["-H", "Transfer-Encoding: chunked", "--data-binary", "{}"], 411, "Content-Length"),
+        (["-H", "X-Big: " + "a" * 70000], 431, "malformed request"),
+    ],
+)
+def test_limits_of_the_request_itself_get_a_4xx_json_answer(
+    svc: servicekit.Service, shim: Any, extra: list[str], status: int, needle: str
+) -> None:
+    got, _, doc = svc.curl("sue", "/v1/credentials", None, *extra)
+    assert got == status and needle in doc["error"], doc
+    assert sum(shim.calls.values()) == 0
+
+
+def test_the_audit_trail_verifies_and_the_log_has_no_traceback(svc: servicekit.Service) -> None:
+    env = servicekit.clean_env(HOME=str(svc.folder / "home"))
+    verify = iamsorry_cli("audit", "verify", "--config", str(svc.config), env=env)
+    assert verify.returncode == 0, verify.stderr
+    log = svc.log_text()
+    assert "Traceback" not in log
+    assert " 504 credentials sue-slow " in log and " 429 whoami " in log
+
+
+def iamsorry_cli(*args: str, env: dict[str, str]) -> Any:
+    import subprocess
+    import sys
+
+    from conftest import SCRIPT
+
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60)
+
+
+def test_limits_are_read_and_checked(tmp_path: Any) -> None:
+    def load(limits: str) -> Any:
+        path = tmp_path / "s.toml"
+        path.write_text(
+            '[service]\ntls_cert = "c"\ntls_key = "k"\nkeytab = "t"\nrealms = ["R"]\naudit = "sqlite:///a.db"\n'
+            + limits
+        )
+        return iamsorry.load_service_config(str(path))
+
+    defaults = load("").limits
+    assert (defaults.max_body, defaults.rate, defaults.burst, defaults.mints) == (65536, 100.0, 2000, 8)
+    assert load("[limits]\nrate = 0\nmints = 2\naws_timeout = 3").limits.aws_timeout == 3.0
+    for bad, needle in [
+        ("[limits]\nmints = 64", "at most [service] threads"),
+        ("[limits]\nmax_body = 10", "must be 1024.."),
+        ("[limits]\naws_attempts = 0", "must be 1..10"),
+        ("[limits]\nrate = 'fast'", "must be a float"),
+        ("[limits]\nburst_size = 3", "unknown key"),
+    ]:
+        with pytest.raises(iamsorry.UsageError, match=needle.replace("[", r"\[").replace(".", r"\.")):
+            load(bad)
