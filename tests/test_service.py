@@ -27,14 +27,19 @@ PRINCIPAL = "sue@IAMSORRY.TEST"
 READ_ONLY = "arn:aws:iam::123456789012:policy/team-readonly"
 EXTRA = "arn:aws:iam::123456789012:policy/sue-extra"  # allowed by the pattern sue-*
 ADMIN_ALL = "arn:aws:iam::123456789012:policy/admin-all"  # on no allow-list
+PROXY_SECRET = "p" * 40  # what the trusted front end sends beside X-Remote-User
 SECRETS: list[str] = []  # every secret this module was handed: none may reach the log or the audit
 
 
 @pytest.fixture(scope="module")
 def svc(krb_realm: Any, moto_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[servicekit.Service]:
     servicekit.reset_aws(moto_url)
-    extra = 'trusted_proxies = ["127.0.0.2"]'
-    with servicekit.running_service(krb_realm, moto_url, tmp_path_factory.mktemp("service"), extra) as service:
+    folder = tmp_path_factory.mktemp("service")
+    secret = folder / "proxy.secret"
+    secret.write_text(PROXY_SECRET + "\n")
+    secret.chmod(0o600)
+    extra = f'trusted_proxies = ["127.0.0.2"]\nproxy_secret_file = "{secret}"'
+    with servicekit.running_service(krb_realm, moto_url, folder, extra) as service:
         yield service
 
 
@@ -340,13 +345,19 @@ def test_whoami_takes_get_only(svc: servicekit.Service) -> None:
     assert status == 405 and "takes GET" in doc["error"]
 
 
-def test_a_front_end_is_trusted_only_from_configured_addresses(svc: servicekit.Service) -> None:
-    vouch = ("-H", f"X-Remote-User: {PRINCIPAL}")
+def test_a_front_end_is_trusted_only_from_configured_addresses_with_its_secret(svc: servicekit.Service) -> None:
+    """An address alone is not enough: any local user can bind 127.0.0.2 (or
+    run on the front end's host).  The front end proves itself with a secret."""
+    vouch = ("-H", f"X-Remote-User: {PRINCIPAL}", "-H", f"X-Iam-Sorry-Proxy-Secret: {PROXY_SECRET}")
     status, _, doc = svc.curl(None, "/v1/whoami", None, "--interface", "127.0.0.2", *vouch, negotiate=False)
     assert (status, doc["principal"], doc["via"]) == (200, PRINCIPAL, "proxy")
     status, _, doc = svc.curl(None, "/v1/whoami", None, "--interface", "127.0.0.1", *vouch, negotiate=False)
     assert status == 401
-    other = ("-H", "X-Remote-User: sue@OTHER.REALM")
+    for wrong in ((), ("-H", "X-Iam-Sorry-Proxy-Secret: " + "q" * 40)):
+        spoof = ("-H", f"X-Remote-User: {PRINCIPAL}", *wrong)
+        status, _, doc = svc.curl(None, "/v1/whoami", None, "--interface", "127.0.0.2", *spoof, negotiate=False)
+        assert status == 401 and "X-Iam-Sorry-Proxy-Secret" in doc["error"], doc
+    other = ("-H", "X-Remote-User: sue@OTHER.REALM", "-H", f"X-Iam-Sorry-Proxy-Secret: {PROXY_SECRET}")
     status, _, doc = svc.curl(None, "/v1/whoami", None, "--interface", "127.0.0.2", *other, negotiate=False)
     assert status == 401 and "OTHER.REALM is not accepted" in doc["error"]
 
