@@ -443,7 +443,7 @@ def test_the_server_log_has_one_line_per_request_and_no_traceback(svc: serviceki
     assert os.environ.get("AWS_SECRET_ACCESS_KEY") is None
 
 
-def test_the_acceptor_refuses_what_it_must(krb_realm: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_acceptor_refuses_what_it_must(krb_realm: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """In process: garbage, a replayed token, another realm, a service principal."""
     import base64
 
@@ -467,6 +467,16 @@ def test_the_acceptor_refuses_what_it_must(krb_realm: Any, monkeypatch: pytest.M
     ]:
         with pytest.raises(iamsorry.Unauthorized, match=reason):
             acceptor.accept(header)
+    # A keytab that also holds another service's key: its tickets are not for us.
+    shared = krb_realm.add_service("imap/localhost", tmp_path / "shared.keytab")
+    import gssapi
+
+    imap = gssapi.SecurityContext(
+        name=gssapi.Name("imap@localhost", gssapi.NameType.hostbased_service), usage="initiate"
+    )
+    relayed = "Negotiate " + base64.b64encode(imap.step()).decode()
+    with pytest.raises(iamsorry.Unauthorized, match="not for this web service"):
+        iamsorry.Acceptor(str(shared), [krb_realm.realm]).accept(relayed)
     strict = iamsorry.Acceptor(str(krb_realm.keytab), ["OTHER.REALM"])
     with pytest.raises(iamsorry.Unauthorized, match="realm IAMSORRY.TEST is not accepted here"):
         strict.accept(token())

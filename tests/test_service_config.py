@@ -85,7 +85,11 @@ def test_relative_paths_are_relative_to_the_config(tmp_path: Path) -> None:
         ('lab-sue = ["sue", "ann"]', 'lab-sue = "sue"', "[groups] lab-sue: must be a list"),
         ('region = "us-west-2"', 'region = "us-west-2"\nthreads = 0', "threads: must be 1..1024"),
         ('region = "us-west-2"', 'region = "us-west-2"\nprincipal = "me"', "principal: must be the ARN"),
-        ('region = "us-west-2"', 'region = "us-west-2"\ntrusted_proxies = ["10.0.0.5"]', "proxy_secret_file: is required"),
+        (
+            'region = "us-west-2"',
+            'region = "us-west-2"\ntrusted_proxies = ["10.0.0.5"]',
+            "proxy_secret_file: is required",
+        ),
         ("[groups]", "[grups]", "[top level] grups: unknown key"),
         ("[service]", "[service\n", "not valid TOML"),
     ],
