@@ -252,7 +252,7 @@ def test_sigkill_at_every_step_of_a_mint_leaves_no_key_behind(
     assert max(len(paused) for _, _, paused, _ in seen) <= 1
     assert max(len(after) for _, _, _, after in seen) <= 1  # never two keys blocking the next mint
     left = {step: paused for _, step, paused, _ in seen if step in ("created", "recorded", "token")}
-    assert all(len(paused) == 1 for paused in left.values())  # the key the crash leaves behind
+    assert all(len(paused) == 1 for paused in left.values()), seen  # the key the crash leaves behind
     deadline = time.monotonic() + 60
     while sql(owner, "SELECT count(*) FROM mint_inflight") != [(0,)] or any(keys_of(a, u) for u in users):
         assert time.monotonic() < deadline, sql(owner, "SELECT * FROM mint_inflight")
@@ -401,6 +401,30 @@ def test_a_full_audit_store_fails_closed_says_why_and_recovers(
     assert "Traceback" not in log
 
 
+def remount(folder: Path, mode: str) -> None:
+    """``mount -o remount,MODE``; the kernel refuses read-only while any
+    process still has a file there open for writing (a dying one, briefly)."""
+    deadline = time.monotonic() + 10
+    while True:
+        made = subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], capture_output=True, text=True)
+        if made.returncode == 0:
+            return
+        assert time.monotonic() < deadline, (made.stderr, holders(folder))
+        time.sleep(0.1)
+
+
+def holders(folder: Path) -> list[str]:
+    """Which processes have files under ``folder`` open or mapped."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            names = [os.readlink(fd) for fd in (proc / "fd").iterdir()] + (proc / "maps").read_text().split()
+        except OSError:
+            continue
+        found += [f"{proc.name}: {n}" for n in names if n.startswith(str(folder))]
+    return found
+
+
 def test_a_read_only_audit_store_fails_closed_says_why_and_recovers(
     on_disk: servicekit.Service, small_disk: Path, shim: Any
 ) -> None:
@@ -417,8 +441,7 @@ def test_a_read_only_audit_store_fails_closed_says_why_and_recovers(
         os.kill(worker, signal.SIGKILL)
         until("the worker is gone", lambda: not Path(f"/proc/{worker}/fd").exists() or
               not any(Path(f"/proc/{worker}/fd").iterdir()))  # fmt: skip
-        made = subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], capture_output=True, text=True)
-        assert made.returncode == 0, made.stderr
+        remount(small_disk, "ro")
     finally:
         os.kill(master, signal.SIGCONT)
     shim.reset_calls()
@@ -427,8 +450,7 @@ def test_a_read_only_audit_store_fails_closed_says_why_and_recovers(
     status, health = healthz(svc)
     assert status == 503 and "readonly" in health["error"], health
     assert shim.calls["CreateUser"] == 0
-    made = subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
+    remount(small_disk, "rw")
     until("healthz is 200 again", lambda: healthz(svc)[0] == 200)
     assert call(svc, "create-user", {"user": "sue-ro2"})[0] == 201
     assert servicekit.audit_verify(svc.config).returncode == 0
