@@ -254,7 +254,7 @@ def expiries(urls: list[str], shim: moto_shim.Shim, clients: int, rounds: int) -
             time.sleep(6)
             before, gate = shim.calls["CreateAccessKey"], threading.Barrier(clients)
 
-            def one(i: int) -> str:
+            def one(i: int, gate: threading.Barrier = gate) -> str:
                 gate.wait()
                 return iamsorry.broker_credentials(urls[i % len(urls)], "sue-batch", 1).access_key_id
 
