@@ -458,3 +458,28 @@ def test_a_read_only_audit_store_fails_closed_says_why_and_recovers(
     log = svc.log_text()
     assert "readonly database" in log and "requests fail closed (503)" in log and "works again" in log
     assert "Traceback" not in log
+
+
+def test_sqlite_the_restarted_worker_deletes_what_the_killed_one_left(
+    krb_realm: Any, moto_url: str, tmp_path: Path, shim: Any
+) -> None:
+    """The same code path on SQLite, one host: a flock is the mint lock, and
+    the worker gunicorn starts after the kill finds the key at start-up."""
+    servicekit.reset_aws(moto_url)
+    svc = servicekit.prepare(tmp_path / "svc", krb_realm, moto_url, "reconcile_interval = 3600")
+    svc.extra_env["IAM_SORRY_TEST_PAUSE_FILE"] = str(svc.folder / "pause")
+    try:
+        svc.start()
+        ensure_user(svc, "sue-flock")
+        kills = Kills(svc)
+        kills.kill_at("sue-flock", "recorded")
+        [(_, _, [left], _)] = kills.seen
+        until("the new worker's start-up sweep deleted it", lambda: keys_of(svc, "sue-flock") == [])
+        [entry] = [e for e in trail_of(svc) if e["action"] == "reconcile"]
+        assert entry["key_id"] == left and entry["target"] == "sue-flock" and entry["via"] == "reconcile"
+        assert entry["principal"] == "sue@IAMSORRY.TEST"  # on behalf of the person whose mint it was
+        status, doc = call(svc, "credentials", {"user": "sue-flock", "hours": 1})
+        assert status == 200, doc
+        assert servicekit.audit_verify(svc.config).returncode == 0
+    finally:
+        svc.stop()
