@@ -468,6 +468,8 @@ def test_sqlite_the_restarted_worker_deletes_what_the_killed_one_left(
     servicekit.reset_aws(moto_url)
     svc = servicekit.prepare(tmp_path / "svc", krb_realm, moto_url, "reconcile_interval = 3600")
     svc.extra_env["IAM_SORRY_TEST_PAUSE_FILE"] = str(svc.folder / "pause")
+    made = servicekit.audit_init(svc.config, None)  # on SQLite it needs no owner: the file is the service's
+    assert made.returncode == 0 and "audit store" in made.stdout and "is ready" in made.stdout, made.stderr
     try:
         svc.start()
         ensure_user(svc, "sue-flock")
