@@ -281,8 +281,11 @@ def service_administrator(root: Path, env: dict[str, str], realm: Any, url: str,
     admin = {**env, "HOME": str(servicekit.admin_home(root)), "PWD": str(folder)}
     print(f"\n## 1. Administrator: keytab {realm.keytab} (HTTP/localhost), a TLS certificate, this config:")
     step(f"cd {folder} && cat service.toml", admin)
-    made = step(f"cd {folder} && iam-sorry --profile aws-admin --setup-service service.toml", admin,
-                expect=("iam-sorry-service.sue created", "aws_secret_access_key = "))  # fmt: skip
+    made = step(
+        f"cd {folder} && iam-sorry --profile aws-admin --setup-service service.toml",
+        admin,
+        expect=("iam-sorry-service.sue created", "aws_secret_access_key = "),
+    )
     servicekit.store_service_key(folder, made)
     svc = servicekit.Service(
         folder, realm, config, f"https://localhost:{port}", folder / "ca.pem", folder / "serve.log", url
@@ -305,19 +308,28 @@ def service_users(root: Path, env: dict[str, str], realm: Any, svc: Any) -> None
 
     sue, broker = person("sue"), f"--broker {svc.url}"
     print(f"\n## 2. Sue signs in with Kerberos (HOME={sue['HOME']}); no AWS key is on her machine")
-    step(f"printf '%s\\n' '{realm.passwords['sue']}' | kinit sue >/dev/null && klist | head -n 2", sue,
-         expect=("sue@IAMSORRY.TEST",))  # fmt: skip
+    step(
+        f"printf '%s\\n' '{realm.passwords['sue']}' | kinit sue >/dev/null && klist | head -n 2",
+        sue,
+        expect=("sue@IAMSORRY.TEST",),
+    )
     step(f"iam-sorry {broker} --whoami", sue, expect=("namespace sue:",))
     print("\n## 3. Sue: her base user, credentials that are hers, a role, and a profile for cluster nodes")
-    step(f"curl -sS --negotiate -u : --cacert $IAM_SORRY_CA_BUNDLE -d '{{\"user\": \"sue\"}}' "
-         f"{svc.url}/v1/create-user", sue, expect=('"owner": "sue"',))  # fmt: skip
+    step(
+        f'curl -sS --negotiate -u : --cacert $IAM_SORRY_CA_BUNDLE -d \'{{"user": "sue"}}\' {svc.url}/v1/create-user',
+        sue,
+        expect=('"owner": "sue"',),
+    )
     step(f"iam-sorry {broker} sue --duration 4", sue, expect=("valid until",))
     step(whoami("sue"), sue, expect=(SUE_ARN,))
     step(f"iam-sorry {broker} --role sue-lambda", sue, expect=("iam-sorry-sue-lambda",))
     step(whoami("sue-lambda"), sue, expect=("assumed-role/iam-sorry-sue-lambda",))
     line = f"credential_process = iam-sorry {broker} --credential-process sue"
-    step(f"printf '[profile sue-node]\\n{line}\\nregion = {REGION}\\n' >> ~/.aws/config && {whoami('sue-node')}", sue,
-         expect=(SUE_ARN,))  # fmt: skip
+    step(
+        f"printf '[profile sue-node]\\n{line}\\nregion = {REGION}\\n' >> ~/.aws/config && {whoami('sue-node')}",
+        sue,
+        expect=(SUE_ARN,),
+    )
     ann = person("ann")
     print(f"\n## 4. Ann (HOME={ann['HOME']}) is not a member of namespace sue: refused (non-zero exit expected)")
     step(f"printf '%s\\n' '{realm.passwords['ann']}' | kinit ann >/dev/null", ann)

@@ -32,6 +32,8 @@ SCRIPT = ROOT / "iam-sorry"
 ADMIN_KEY = ("AKIAADMINADMINADMIN1", "admin/secret/admin/secret/admin/secret00")
 REGION = "us-west-2"
 
+SQLITE = "sqlite:///audit/audit.db"
+
 #: The namespaces every test service has: sue's own (everything, for sue),
 #: and a lab namespace that sue and ann share for credentials and listing.
 NAMESPACES = """
@@ -72,7 +74,9 @@ def make_tls(folder: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def write_config(folder: Path, realm: Any, port: int, extra: str = "", namespaces: str = NAMESPACES) -> Path:
+def write_config(
+    folder: Path, realm: Any, port: int, extra: str = "", namespaces: str = NAMESPACES, audit: str = SQLITE
+) -> Path:
     config = folder / "service.toml"
     config.write_text(
         f"""[service]
@@ -81,7 +85,7 @@ tls_cert = "tls.crt"
 tls_key = "tls.key"
 keytab = "{realm.keytab}"
 realms = ["{realm.realm}"]
-audit = "sqlite:///audit/audit.db"
+audit = "{audit}"
 region = "{REGION}"
 aws_profile = "iam-sorry-service"
 audit_timeout = 1
@@ -198,6 +202,18 @@ class Service:
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
 
+    def worker_pid(self) -> int | None:
+        """The pid of gunicorn's worker (the master's one child), or None."""
+        master = self.proc.pid if self.proc else None
+        for entry in Path("/proc").glob("[0-9]*"):
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if master is not None and int(fields[1]) == master:
+                return int(entry.name)
+        return None
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
@@ -256,34 +272,44 @@ def reset_aws(moto_url: str) -> Any:
     urllib.request.urlopen(urllib.request.Request(moto_url + "/moto-api/reset", method="POST")).read()
     shim = moto_shim.install()
     shim.reset()
-    iam = boto3.client("iam", endpoint_url=moto_url, region_name=REGION, aws_access_key_id=ADMIN_KEY[0],
-                       aws_secret_access_key=ADMIN_KEY[1])  # fmt: skip
+    iam = boto3.client(
+        "iam",
+        endpoint_url=moto_url,
+        region_name=REGION,
+        aws_access_key_id=ADMIN_KEY[0],
+        aws_secret_access_key=ADMIN_KEY[1],
+    )
     document = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:List*", "Resource": "*"}]}
     for name in POLICIES:
         iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(document))
     return shim
 
 
-def prepare(folder: Path, realm: Any, moto_url: str, extra: str = "", namespaces: str = NAMESPACES) -> Service:
+def prepare(
+    folder: Path, realm: Any, moto_url: str, extra: str = "", namespaces: str = NAMESPACES, audit: str = SQLITE
+) -> Service:
     """Files, TLS, config and the AWS side (--setup-service); not started."""
     folder.mkdir(parents=True, exist_ok=True)
     ca, _, _ = make_tls(folder)
     port = free_port()
-    config = write_config(folder, realm, port, extra, namespaces)
+    config = write_config(folder, realm, port, extra, namespaces, audit)
     made = setup_service(folder, config, moto_url)
     if made.returncode != 0:
         raise RuntimeError(f"--setup-service failed:\n{made.stderr}")
     store_service_key(folder, made.stdout)
-    return Service(folder, realm, config, f"https://localhost:{port}", ca, folder / "serve.log", moto_url,
-                   handover=made.stdout)  # fmt: skip
+    return Service(
+        folder, realm, config, f"https://localhost:{port}", ca, folder / "serve.log", moto_url, handover=made.stdout
+    )
 
 
-def sibling(svc: Service, folder: Path) -> Service:
-    """Another server (files, TLS, port) on the same AWS side: its key, its roles."""
+def sibling(svc: Service, folder: Path, extra: str = "", audit: str = SQLITE) -> Service:
+    """Another server (files, TLS, port) on the same AWS side: its key, its
+    roles; with the same ``audit`` (and an ``audit_key`` in ``extra``) it is
+    a second instance of the same service."""
     folder.mkdir(parents=True)
     ca, _, _ = make_tls(folder)
     port = free_port()
-    config = write_config(folder, svc.realm, port)
+    config = write_config(folder, svc.realm, port, extra, audit=audit)
     shutil.copytree(svc.folder / "service-aws", folder / "service-aws")
     return Service(folder, svc.realm, config, f"https://localhost:{port}", ca, folder / "serve.log", svc.moto_url)
 
@@ -427,3 +453,36 @@ class KeptAlive:
         if self.tls is not None:
             self.tls.close()
         self.tls = None
+
+
+def pg_database(server: Any, name: str) -> tuple[str, str]:
+    """A database for the service on a pgkit server, laid out as a
+    department would: owned by a role of its own (the one that runs ``audit
+    init``), and the service's role owning nothing.  (owner DSN, service DSN)."""
+    owner, app = f"{name}_owner", f"{name}_app"
+    owner_pw, app_pw = server.create_role(owner), server.create_role(app)
+    server.create_database(name, owner=owner)
+    return server.dsn_for(owner, owner_pw, name), server.dsn_for(app, app_pw, name)
+
+
+def audit_init(config: Path, owner_dsn: str | None) -> subprocess.CompletedProcess[str]:
+    """``iam-sorry audit init --config CONFIG`` as the database's owner."""
+    env = clean_env(HOME=str(config.parent), **({"IAM_SORRY_DB_OWNER": owner_dsn} if owner_dsn else {}))
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "audit", "init", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def audit_verify(config: Path) -> subprocess.CompletedProcess[str]:
+    env = clean_env(HOME=str(config.parent))
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "audit", "verify", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )

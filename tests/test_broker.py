@@ -48,8 +48,14 @@ def env_of(svc: servicekit.Service, user: str | None = "sue", **extra: str) -> d
 def bare(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The script on an interpreter without site-packages: no python-gssapi,
     no boto3, no cryptography, as on a cluster node with only the file."""
-    return subprocess.run([sys.executable, "-S", str(SCRIPT), *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def arn_of(svc: servicekit.Service, doc: dict[str, Any]) -> str:
@@ -98,8 +104,13 @@ def test_the_aws_cli_uses_credential_process_through_the_broker(svc: servicekit.
     config.parent.mkdir()
     command = f"{sys.executable} {SCRIPT} --credential-process sue"
     config.write_text(f"[profile sue]\ncredential_process = {command}\nbroker = {svc.url}\nregion = {REGION}\n")
-    proc = subprocess.run(["aws", "sts", "get-caller-identity", "--profile", "sue", "--output", "json"],
-                          capture_output=True, text=True, env={**os.environ, **env_of(svc)}, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        ["aws", "sts", "get-caller-identity", "--profile", "sue", "--output", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env_of(svc)},
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["Arn"] == SUE_ARN
     assert sorted(p.name for p in config.parent.iterdir()) == ["config"]

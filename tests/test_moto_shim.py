@@ -341,10 +341,14 @@ def test_assume_role_records_source_identity_session_name_and_tags(shim: moto_sh
         (["sts:AssumeRole"], None, {"SourceIdentity": "sue@REALM"}, "SetSourceIdentity not trusted"),
         (["sts:AssumeRole", "sts:SetSourceIdentity"], None, {"Tags": [{"Key": "g", "Value": "x"}]}, "no TagSession"),
         (["sts:AssumeRole", "sts:SetSourceIdentity"], {"StringLike": {"sts:SourceIdentity": "*@REALM"}}, {}, "no id"),
-        (["sts:AssumeRole", "sts:SetSourceIdentity"], {"StringLike": {"sts:SourceIdentity": "*@REALM"}},
-         {"SourceIdentity": "sue@ELSEWHERE"}, "id of another realm"),
+        (
+            ["sts:AssumeRole", "sts:SetSourceIdentity"],
+            {"StringLike": {"sts:SourceIdentity": "*@REALM"}},
+            {"SourceIdentity": "sue@ELSEWHERE"},
+            "id of another realm",
+        ),
     ],
-)  # fmt: skip
+)
 def test_assume_role_enforces_the_trust_policy(
     shim: moto_shim.Shim, trust_actions: list[str], condition: Any, request_args: dict[str, Any], why: str
 ) -> None:

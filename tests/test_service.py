@@ -116,8 +116,9 @@ def test_no_ticket_gets_401_with_a_bare_negotiate_challenge(svc: servicekit.Serv
         assert status == 401
         assert headers["www-authenticate"] == "Negotiate"
         assert "kinit" in doc["error"]
-    status, headers, doc = svc.curl(None, "/v1/whoami", None, "-H", "Authorization: Negotiate Z2FyYmFnZQ==",
-                                    negotiate=False)  # fmt: skip
+    status, headers, doc = svc.curl(
+        None, "/v1/whoami", None, "-H", "Authorization: Negotiate Z2FyYmFnZQ==", negotiate=False
+    )
     assert status == 401 and "Negotiate" in headers["www-authenticate"] and doc["error"]
 
 
@@ -185,8 +186,14 @@ def test_every_iam_call_made_for_sue_carries_her_principal(svc: servicekit.Servi
         status, doc = call(svc, "sue", action, body)
         assert status in (200, 201), (action, doc)
     iam_calls = shim.calls_of("iam")
-    assert {c.action for c in iam_calls} >= {"CreateUser", "CreateAccessKey", "AttachUserPolicy", "CreateRole",
-                                              "DeleteUser", "ListUsers"}  # fmt: skip
+    assert {c.action for c in iam_calls} >= {
+        "CreateUser",
+        "CreateAccessKey",
+        "AttachUserPolicy",
+        "CreateRole",
+        "DeleteUser",
+        "ListUsers",
+    }
     assert {(c.source_identity, c.session_name) for c in iam_calls} == {(PRINCIPAL, PRINCIPAL)}
     sessions = [shim.role_session(key) for key in {c.access_key for c in iam_calls}]
     assert {s.role_arn for s in sessions} == {"arn:aws:iam::123456789012:role/iam-sorry-service/iam-sorry-service.sue"}
@@ -206,17 +213,28 @@ def test_delete_user_leaves_nothing_behind(svc: servicekit.Service, tmp_path: Pa
     assert call(svc, "sue", "attach-policy", {"user": "sue-gone", "policy_arn": READ_ONLY})[0] == 200
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], check=True)
     iam.upload_ssh_public_key(UserName="sue-gone", SSHPublicKeyBody=(tmp_path / "k.pub").read_text())
-    iam.upload_signing_certificate(UserName="sue-gone", CertificateBody=(svc.folder / "tls.crt").read_text()
-                                   .split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n")  # fmt: skip
+    iam.upload_signing_certificate(
+        UserName="sue-gone",
+        CertificateBody=(svc.folder / "tls.crt").read_text().split("-----END CERTIFICATE-----")[0]
+        + "-----END CERTIFICATE-----\n",
+    )
     serial = iam.create_virtual_mfa_device(VirtualMFADeviceName="sue-gone-mfa")["VirtualMFADevice"]["SerialNumber"]
-    iam.enable_mfa_device(UserName="sue-gone", SerialNumber=serial, AuthenticationCode1="123456",
-                          AuthenticationCode2="654321")  # fmt: skip
+    iam.enable_mfa_device(
+        UserName="sue-gone", SerialNumber=serial, AuthenticationCode1="123456", AuthenticationCode2="654321"
+    )
 
     status, doc = call(svc, "sue", "delete-user", {"user": "sue-gone"})
     assert status == 200, doc
     removed = " | ".join(doc["removed"])
-    for what in ("access key", "login profile", "inline policy inline", f"attached policy {READ_ONLY}",
-                 "SSH public key", "certificate", f"MFA device {serial}"):  # fmt: skip
+    for what in (
+        "access key",
+        "login profile",
+        "inline policy inline",
+        f"attached policy {READ_ONLY}",
+        "SSH public key",
+        "certificate",
+        f"MFA device {serial}",
+    ):
         assert what in removed, removed
     for look in (iam.get_user, iam.list_access_keys, iam.list_user_tags, iam.list_attached_user_policies):
         with pytest.raises(ClientError) as gone:
@@ -368,12 +386,20 @@ def test_the_audit_trail_verifies_and_holds_no_secret(svc: servicekit.Service) -
     assert status == 200
     call(svc, "ann", "credentials", {"user": "sue-audited"})
     env = servicekit.clean_env(HOME=str(svc.folder / "home"))
-    verify = subprocess.run([sys.executable, str(SCRIPT), "audit", "verify", "--config", str(svc.config)],
-                            capture_output=True, text=True, env=env)  # fmt: skip
+    verify = subprocess.run(
+        [sys.executable, str(SCRIPT), "audit", "verify", "--config", str(svc.config)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert verify.returncode == 0, verify.stderr
     assert verify.stdout.startswith("audit trail intact: ")
-    listed = subprocess.run([sys.executable, str(SCRIPT), "audit", "list", "--config", str(svc.config), "--json"],
-                            capture_output=True, text=True, env=env)  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, str(SCRIPT), "audit", "list", "--config", str(svc.config), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     entries = json.loads(listed.stdout)
     minted = [e for e in entries if e["key_id"] == doc["AccessKeyId"]]
     assert len(minted) == 1 and minted[0]["principal"] == PRINCIPAL and minted[0]["target"] == "sue-audited"

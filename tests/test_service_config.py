@@ -76,7 +76,8 @@ def test_relative_paths_are_relative_to_the_config(tmp_path: Path) -> None:
         ('keytab = "/etc/iam-sorry/http.keytab"\n', "", "keytab: missing"),
         ('realms = ["EXAMPLE.EDU"]', 'realms = "EXAMPLE.EDU"', "realms: must be a list"),
         ('realms = ["EXAMPLE.EDU"]', "realms = [1]", "realms: must be a list of non-empty strings"),
-        ("sqlite:////var/lib/iam-sorry/audit.db", "postgresql://db/audit", "only sqlite:///PATH"),
+        ("sqlite:////var/lib/iam-sorry/audit.db", "mysql://db/audit", "must be sqlite:///PATH or postgresql://"),
+        ("sqlite:////var/lib/iam-sorry/audit.db", "postgresql://db/audit", "audit_key: required with a PostgreSQL"),
         ('"service-key"]', '"service-key", "sudo"]', "unknown action 'sudo'"),
         ('"arn:aws:iam::aws:policy/ReadOnlyAccess"]', '"ReadOnlyAccess"]', "is not a policy ARN"),
         ("max_hours = 36", "max_hours = 37", "max_hours: must be 1..36"),
@@ -381,6 +382,10 @@ def test_without_the_server_extra_serve_says_what_to_install(checked: Path) -> N
 
     from conftest import SCRIPT
 
-    proc = subprocess.run([sys.executable, "-S", str(SCRIPT), "serve", "--config", str(checked)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), "serve", "--config", str(checked)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert_clean_error(proc, "the service needs gunicorn", "pip install 'iam-sorry[server]'")

@@ -57,8 +57,13 @@ def shim(svc: servicekit.Service) -> Iterator[Any]:
 
 
 def iam(svc: servicekit.Service) -> Any:
-    return boto3.client("iam", endpoint_url=svc.moto_url, region_name=REGION, aws_access_key_id=ADMIN_KEY[0],
-                        aws_secret_access_key=ADMIN_KEY[1])  # fmt: skip
+    return boto3.client(
+        "iam",
+        endpoint_url=svc.moto_url,
+        region_name=REGION,
+        aws_access_key_id=ADMIN_KEY[0],
+        aws_secret_access_key=ADMIN_KEY[1],
+    )
 
 
 def keys_of(svc: servicekit.Service, user: str) -> list[str]:

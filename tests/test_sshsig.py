@@ -34,9 +34,16 @@ SHOWN: list[str] = []  # every token and signature this module handled: none may
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Unprotected keys for ssh-keygen -Y sign, of every type the service takes."""
     folder = tmp_path_factory.mktemp("keys")
-    kinds = {"ed25519": ("ed25519", None), "rsa": ("rsa", 3072), "p256": ("ecdsa", 256), "p384": ("ecdsa", 384),
-             "p521": ("ecdsa", 521), "other": ("ed25519", None), "bob": ("ed25519", None),
-             "eve": ("ed25519", None)}  # fmt: skip
+    kinds = {
+        "ed25519": ("ed25519", None),
+        "rsa": ("rsa", 3072),
+        "p256": ("ecdsa", 256),
+        "p384": ("ecdsa", 384),
+        "p521": ("ecdsa", 521),
+        "other": ("ed25519", None),
+        "bob": ("ed25519", None),
+        "eve": ("ed25519", None),
+    }
     return {name: make_key(folder, name, kind, bits, passphrase="") for name, (kind, bits) in kinds.items()}
 
 
@@ -63,8 +70,19 @@ def keygen_verifies(folder: Path, allowed: str, principal: str, signature: str, 
     """``ssh-keygen -Y verify -f allowed_signers -I PRINCIPAL -n iam-sorry``."""
     (folder / "allowed").write_text(allowed)
     (folder / "sig").write_text(signature)
-    cmd = ["ssh-keygen", "-Y", "verify", "-f", str(folder / "allowed"), "-I", principal, "-n", "iam-sorry",
-           "-s", str(folder / "sig")]  # fmt: skip
+    cmd = [
+        "ssh-keygen",
+        "-Y",
+        "verify",
+        "-f",
+        str(folder / "allowed"),
+        "-I",
+        principal,
+        "-n",
+        "iam-sorry",
+        "-s",
+        str(folder / "sig"),
+    ]
     proc = subprocess.run(cmd, input=message, capture_output=True, timeout=30)
     return proc.returncode == 0
 
@@ -101,8 +119,9 @@ MESSAGE = b"iam-sorry login v1 localhost AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA
 
 @pytest.mark.parametrize("kind", ["ed25519", "rsa", "p256", "p384", "p521"])
 @pytest.mark.parametrize("hashalg", ["sha512", "sha256"])
-def test_ssh_keygen_signatures_verify_in_the_service(keys: dict[str, Path], tmp_path: Path, kind: str,
-                                                     hashalg: str) -> None:  # fmt: skip
+def test_ssh_keygen_signatures_verify_in_the_service(
+    keys: dict[str, Path], tmp_path: Path, kind: str, hashalg: str
+) -> None:
     sig = keygen_sign(keys[kind], MESSAGE, "iam-sorry", "-O", f"hashalg={hashalg}")
     allowed = f"{SUE} {public(keys[kind])}\n"
     assert keygen_verifies(tmp_path, allowed, SUE, sig, MESSAGE)
@@ -216,10 +235,17 @@ def test_a_small_rsa_key_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("name", "patterns", "matched"),
-    [("iam-sorry", ["iam-sorry"], True), ("iam-sorry", ["git"], False), ("iam-sorry", ["i?m-*"], True),
-     ("iam-sorry", ["*", "!iam-*"], False), ("iam-sorry", ["!git"], False), ("iam-sorry", ["iam"], False),
-     ("iam-sorry", ["IAM-SORRY"], False), ("iam-sorry", ["iam.sorry"], False)],
-)  # fmt: skip
+    [
+        ("iam-sorry", ["iam-sorry"], True),
+        ("iam-sorry", ["git"], False),
+        ("iam-sorry", ["i?m-*"], True),
+        ("iam-sorry", ["*", "!iam-*"], False),
+        ("iam-sorry", ["!git"], False),
+        ("iam-sorry", ["iam"], False),
+        ("iam-sorry", ["IAM-SORRY"], False),
+        ("iam-sorry", ["iam.sorry"], False),
+    ],
+)
 def test_namespace_patterns_match_as_in_openssh(name: str, patterns: list[str], matched: bool) -> None:
     assert iamsorry.pattern_list_match(name, patterns) is matched
 
@@ -344,9 +370,14 @@ def sign_in(
 def arn_of(svc: servicekit.Service, doc: dict[str, Any]) -> str:
     import boto3
 
-    sts = boto3.client("sts", endpoint_url=svc.moto_url, region_name=servicekit.REGION,
-                       aws_access_key_id=doc["AccessKeyId"], aws_secret_access_key=doc["SecretAccessKey"],
-                       aws_session_token=doc.get("SessionToken"))  # fmt: skip
+    sts = boto3.client(
+        "sts",
+        endpoint_url=svc.moto_url,
+        region_name=servicekit.REGION,
+        aws_access_key_id=doc["AccessKeyId"],
+        aws_secret_access_key=doc["SecretAccessKey"],
+        aws_session_token=doc.get("SessionToken"),
+    )
     return str(sts.get_caller_identity()["Arn"])
 
 
@@ -427,8 +458,14 @@ def test_a_challenge_names_only_a_host_the_certificate_covers(svc: servicekit.Se
 
 def bare(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """The script without site-packages (no cryptography, no python-gssapi), as on a bare cluster node."""
-    return subprocess.run([sys.executable, "-S", str(SCRIPT), *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_the_client_signs_in_through_its_agent_and_writes_nothing(
@@ -516,11 +553,19 @@ def test_a_service_with_ssh_keys_alone(
 
 def test_the_audit_says_how_each_person_signed_in_and_holds_no_token(svc: servicekit.Service) -> None:
     env = servicekit.clean_env(HOME=str(svc.folder / "home"))
-    verify = subprocess.run([sys.executable, str(SCRIPT), "audit", "verify", "--config", str(svc.config)],
-                            capture_output=True, text=True, env=env)  # fmt: skip
+    verify = subprocess.run(
+        [sys.executable, str(SCRIPT), "audit", "verify", "--config", str(svc.config)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert verify.returncode == 0 and verify.stdout.startswith("audit trail intact: "), verify.stderr
-    listed = subprocess.run([sys.executable, str(SCRIPT), "audit", "list", "--config", str(svc.config), "--json"],
-                            capture_output=True, text=True, env=env)  # fmt: skip
+    listed = subprocess.run(
+        [sys.executable, str(SCRIPT), "audit", "list", "--config", str(svc.config), "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     entries = json.loads(listed.stdout)
     signed_in = [e for e in entries if e["action"] == "login/ssh" and e["status"] == 200]
     assert signed_in and all(e["via"] == "ssh-key" and e["signer"].startswith("SHA256:") for e in signed_in)

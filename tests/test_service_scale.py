@@ -1,0 +1,514 @@
+"""The service at department scale, end to end with real parts: two
+``iam-sorry serve`` instances (gunicorn, TLS) on one PostgreSQL (pgkit), the
+Kerberos realm, the moto server; curl and the broker client as outside
+clients.  What is proved: the schema's privileges and trigger, one mint for
+200 clients over two instances, sealed shared credentials, SIGKILL at every
+step of a mint (50 kills, no key left behind), a database outage under load
+(503, nothing in AWS, no restart), and a full or read-only SQLite store (503
+and /healthz says why, recovery by itself)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import servicekit
+from conftest import ADMIN_KEY, REGION, assert_clean_error, iamsorry, run_cli
+
+Pair = tuple[servicekit.Service, servicekit.Service]
+
+
+@pytest.fixture(scope="module")
+def database(pg_server: Any) -> tuple[Any, str, str]:
+    """(server, owner DSN, service DSN) of a database made for this module."""
+    if not pg_server.running:
+        pg_server.start()
+    owner, app = servicekit.pg_database(pg_server, "scale")
+    return pg_server, owner, app
+
+
+@pytest.fixture(scope="module")
+def pair(
+    krb_realm: Any, moto_url: str, tmp_path_factory: pytest.TempPathFactory, database: tuple[Any, str, str]
+) -> Iterator[Pair]:
+    """Two instances of one service: one database, one audit key file, one
+    AWS identity; each with its own port and TLS certificate."""
+    _, owner, app = database
+    servicekit.reset_aws(moto_url)
+    base = tmp_path_factory.mktemp("pair")
+    extra = f'audit_key = "{base / "shared" / "audit.key"}"\nreconcile_interval = 0.5'
+    a = servicekit.prepare(base / "a", krb_realm, moto_url, extra, audit=app)
+    made = servicekit.audit_init(a.config, owner)
+    assert made.returncode == 0, made.stderr
+    b = servicekit.sibling(a, base / "b", extra, audit=app)
+    (base / "both-ca.pem").write_bytes(a.ca.read_bytes() + b.ca.read_bytes())
+    for svc in (a, b):
+        svc.extra_env["IAM_SORRY_TEST_PAUSE_FILE"] = str(svc.folder / "pause")
+        svc.ca = base / "both-ca.pem"
+    try:
+        a.start()
+        b.start()
+        yield a, b
+    finally:
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(lambda svc: svc.stop(), (a, b)))
+
+
+@pytest.fixture(autouse=True)
+def tickets(krb_realm: Any) -> None:
+    krb_realm.kinit("sue")
+
+
+@pytest.fixture
+def shim(moto_url: str) -> Iterator[Any]:
+    import moto_shim
+
+    found = moto_shim.install()
+    found.reset_calls()
+    yield found
+    found.session_seconds = None
+
+
+def keys_of(svc: servicekit.Service, user: str) -> list[str]:
+    client = boto3.client(
+        "iam",
+        endpoint_url=svc.moto_url,
+        region_name=REGION,
+        aws_access_key_id=ADMIN_KEY[0],
+        aws_secret_access_key=ADMIN_KEY[1],
+    )
+    return [k["AccessKeyId"] for k in client.list_access_keys(UserName=user)["AccessKeyMetadata"]]
+
+
+def call(svc: servicekit.Service, action: str, body: Any) -> tuple[int, Any]:
+    status, _, doc = svc.curl("sue", f"/v1/{action}", body)
+    return status, doc
+
+
+def ensure_user(svc: servicekit.Service, name: str) -> None:
+    status, doc = call(svc, "create-user", {"user": name})
+    assert status in (201, 409), doc
+
+
+def sql(dsn: str, query: str, params: Any = ()) -> list[Any]:
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        cur = conn.execute(query, params)
+        return list(cur.fetchall()) if cur.description else []
+
+
+def trail_of(svc: servicekit.Service) -> list[dict[str, Any]]:
+    cfg = iamsorry.load_service_config(str(svc.config))
+    return iamsorry.open_audit(cfg).entries()
+
+
+def test_audit_init_makes_tables_the_service_cannot_rewrite(pair: Pair, database: tuple[Any, str, str]) -> None:
+    import psycopg
+
+    a, _ = pair
+    _, owner, app = database
+    for statement in (
+        "UPDATE audit SET body = 'x'",
+        "DELETE FROM audit",
+        "TRUNCATE audit",
+        "ALTER TABLE audit DISABLE TRIGGER ALL",
+        "DROP TABLE audit",
+    ):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            sql(app, statement)
+    for statement in ("UPDATE audit SET body = 'x'", "DELETE FROM audit", "TRUNCATE audit"):
+        with pytest.raises(psycopg.errors.RaiseException, match="audit is append-only"):
+            sql(owner, statement)  # even the owner goes through the trigger
+    again = servicekit.audit_init(a.config, owner)  # idempotent
+    assert again.returncode == 0 and "may only read and append" in again.stdout, again.stderr
+    assert_clean_error(servicekit.audit_init(a.config, app), "the service's own role")
+    assert_clean_error(servicekit.audit_init(a.config, None), "IAM_SORRY_DB_OWNER")
+    check = run_cli("serve", "--config", str(a.config), "--check", env=servicekit.clean_env(**a.realm.env(keytab=True)))
+    assert check.returncode == 0, check.stderr
+    assert "PostgreSQL: the service may only read and append" in check.stdout
+    assert "password" not in check.stdout and app.split(":")[2].split("@")[0] not in check.stdout
+
+
+def test_200_clients_over_two_instances_cause_one_mint(pair: Pair, shim: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = pair
+    ensure_user(a, "sue-fleet")
+    shim.reset_calls()
+    for name, value in a.client_env("sue").items():
+        monkeypatch.setenv(name, value)
+    gate = threading.Barrier(200)
+
+    def one(i: int) -> str:
+        gate.wait()
+        return iamsorry.broker_credentials((a, b)[i % 2].url, "sue-fleet", 4).access_key_id
+
+    with ThreadPoolExecutor(200) as pool:
+        got = list(pool.map(one, range(200)))
+    assert len(set(got)) == 1
+    assert shim.calls["CreateAccessKey"] == shim.calls["GetSessionToken"] == 1
+    outcomes = [e["result"] for e in trail_of(a) if e.get("target") == "sue-fleet" and e["action"] == "credentials"]
+    assert outcomes.count("minted") == 1 and "cached from the shared store" in outcomes
+    assert len(outcomes) == 200
+    assert servicekit.audit_verify(a.config).returncode == 0
+
+
+def test_shared_credentials_are_sealed_for_their_user(pair: Pair, database: tuple[Any, str, str]) -> None:
+    a, _ = pair
+    _, owner, app = database
+    ensure_user(a, "sue-sealed")
+    status, doc = call(a, "credentials", {"user": "sue-sealed", "hours": 2})
+    assert status == 200, doc
+    [(blob,)] = sql(owner, "SELECT blob FROM cred_cache WHERE user_name = 'sue-sealed'")
+    for secret in (doc["SecretAccessKey"], doc["SessionToken"], doc["AccessKeyId"]):
+        assert secret not in blob
+    cfg = iamsorry.load_service_config(str(a.config))
+    store = iamsorry.PgAuditStore(app)
+    key = iamsorry.audit_key(cfg.audit_key)
+    try:
+        opened = iamsorry.SharedCredentials(store, key).fresh("sue-sealed")
+        assert opened is not None and opened.secret_access_key == doc["SecretAccessKey"]
+        assert iamsorry.SharedCredentials(store, b"k" * 32).fresh("sue-sealed") is None  # another key file
+        sql(
+            owner,
+            "INSERT INTO cred_cache SELECT 'sue-moved', expires, blob FROM cred_cache WHERE user_name = 'sue-sealed'",
+        )
+        assert iamsorry.SharedCredentials(store, key).fresh("sue-moved") is None  # bound to its user
+    finally:
+        store.close()
+
+
+def request(svc: servicekit.Service, user: str) -> subprocess.Popen[str]:
+    """A credentials request as sue, by curl, left running."""
+    cmd = [
+        "curl",
+        "-sS",
+        "--cacert",
+        str(svc.ca),
+        "--negotiate",
+        "-u",
+        ":",
+        "-H",
+        "Content-Type: application/json",
+        "--data-binary",
+        json.dumps({"user": user, "hours": 1}),
+        svc.url + "/v1/credentials",
+    ]
+    env = servicekit.clean_env(**svc.realm.env("sue"))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def stopped_worker(svc: servicekit.Service, client: subprocess.Popen[str]) -> int:
+    """The worker's pid once it has stopped itself at the pause step."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        pid = svc.worker_pid()
+        if pid is not None:
+            try:  # every thread: the stop reaches each on its own
+                states = {t.read_text().rsplit(")", 1)[1].split()[0] for t in Path(f"/proc/{pid}/task").glob("*/stat")}
+            except OSError:
+                states = set()
+            if states == {"T"}:
+                return pid
+        if client.poll() is not None:
+            raise AssertionError(f"the request ended before the pause: {client.communicate()}")
+        time.sleep(0.01)
+    raise AssertionError("the worker never reached its pause step")
+
+
+class Kills:
+    """SIGKILLs of one instance's worker at chosen steps of a mint; gunicorn
+    starts a new worker, which reconciles at start-up."""
+
+    def __init__(self, svc: servicekit.Service) -> None:
+        self.svc = svc
+        self.seen: list[tuple[str, str, list[str], list[str]]] = []  # user, step, keys paused, keys after
+
+    def kill_at(self, user: str, step: str) -> None:
+        (self.svc.folder / "pause").write_text(step)
+        client = request(self.svc, user)
+        try:
+            pid = stopped_worker(self.svc, client)
+            paused = keys_of(self.svc, user)
+            os.kill(pid, signal.SIGKILL)
+        finally:
+            client.wait(timeout=60)
+        self.seen.append((user, step, paused, keys_of(self.svc, user)))
+
+
+def test_sigkill_at_every_step_of_a_mint_leaves_no_key_behind(
+    pair: Pair, shim: Any, database: tuple[Any, str, str]
+) -> None:
+    """50 kills over both instances at once, at every step in turn; each
+    instance's users change half way, so that the other instance finds what
+    the first left.  Credentials go stale at once: every request mints."""
+    a, b = pair
+    _, owner, _ = database
+    users = [f"sue-crash{i}" for i in range(6)]
+    for user in users:
+        ensure_user(a, user)
+    shim.session_seconds = 900
+    steps = iamsorry.MINT_STEPS
+    kills, swap = (Kills(a), Kills(b)), threading.Barrier(2)
+
+    def run(side: int) -> None:
+        for n in range(25):
+            if n == 13:
+                swap.wait(timeout=300)
+            mine = users[:3] if (side == 0) == (n < 13) else users[3:]
+            kills[side].kill_at(mine[n % 3], steps[(n + 4 * side) % len(steps)])
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run, (0, 1)))
+    seen = kills[0].seen + kills[1].seen
+    assert len(seen) == 50 and {step for _, step, _, _ in seen} == set(steps)
+    assert max(len(paused) for _, _, paused, _ in seen) <= 1
+    assert max(len(after) for _, _, _, after in seen) <= 1  # never two keys blocking the next mint
+    left = ("created", "recorded", "token")
+    odd = [x for x in seen if x[1] in left and len(x[2]) != 1]
+    assert not odd, odd  # each of these kills leaves exactly one key behind
+    deadline = time.monotonic() + 60
+    while sql(owner, "SELECT count(*) FROM mint_inflight") != [(0,)] or any(keys_of(a, u) for u in users):
+        assert time.monotonic() < deadline, sql(owner, "SELECT * FROM mint_inflight")
+        time.sleep(0.2)
+    reconciled = {e["key_id"] for e in trail_of(a) if e["action"] == "reconcile"}
+    leftovers = {key for _, step, paused, _ in seen if step in left for key in paused}
+    assert leftovers and leftovers <= reconciled  # every leftover key was found and deleted
+    shim.session_seconds = None
+    for user in users:  # and every user can be minted for again
+        status, doc = call((a, b)[users.index(user) % 2], "credentials", {"user": user, "hours": 1})
+        assert status == 200, doc
+    verify = servicekit.audit_verify(a.config)
+    assert verify.returncode == 0, verify.stderr
+    assert "Traceback" not in a.log_text() + b.log_text()
+
+
+def healthz(svc: servicekit.Service) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(svc.url + "/healthz", context=svc.tls(), timeout=30) as reply:
+            return reply.status, json.load(reply)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def until(what: str, done: Any, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.1)
+
+
+def test_a_database_outage_fails_closed_and_heals_without_a_restart(
+    pair: Pair, shim: Any, database: tuple[Any, str, str]
+) -> None:
+    """PostgreSQL stopped and started again under load that mints on every
+    request: while it is down every answer is 503 with one line, /healthz
+    says so and AWS sees no new key; afterwards the same workers answer."""
+    a, b = pair
+    server, owner, _ = database
+    users = ["sue-outage0", "sue-outage1"]
+    for user in users:
+        ensure_user(a, user)
+    workers = (a.worker_pid(), b.worker_pid())
+    shim.session_seconds = 900
+    phase, answers, done = ["up"], [], threading.Event()
+
+    def load(i: int) -> None:
+        while not done.is_set():
+            status, _, doc = (a, b)[i % 2].curl("sue", "/v1/credentials", {"user": users[i // 2 % 2], "hours": 1})
+            answers.append((phase[0], i % 2, status, doc))
+
+    def seen(name: str, status: int | None = None) -> list[Any]:
+        return [x for x in answers if x[0] == name and status in (None, x[2])]
+
+    with ThreadPoolExecutor(4) as pool:
+        running = [pool.submit(load, i) for i in range(4)]
+        try:
+            until("answers before the outage", lambda: len(seen("up", 200)) >= 8)
+            server.stop("fast")
+            phase[0] = "settling"  # mints that got their intent in before the stop finish (and delete their key)
+            time.sleep(1.0)
+            created, phase[0] = shim.calls["CreateAccessKey"], "down"
+            until("answers during the outage", lambda: len(seen("down")) >= 12)
+            down_health = healthz(a), healthz(b)
+            created = shim.calls["CreateAccessKey"] - created
+            phase[0] = "back"
+            server.start()
+            until("both instances answer again", lambda: {x[1] for x in seen("back", 200)} == {0, 1})
+        finally:
+            done.set()
+            for future in running:
+                future.result()
+    assert {x[2] for x in seen("down")} == {503}
+    assert {x[3]["error"] for x in seen("down")} == {"the audit trail cannot be written; nothing was answered"}
+    assert created == 0  # nothing happened in AWS
+    for status, doc in down_health:
+        assert status == 503 and "is unavailable" in doc["error"] and "password" not in doc["error"]
+    assert (a.worker_pid(), b.worker_pid()) == workers  # no restart
+    assert healthz(a) == healthz(b) == (200, {"ok": True})
+    until("no mint left in flight", lambda: sql(owner, "SELECT count(*) FROM mint_inflight") == [(0,)])
+    assert not any(keys_of(a, u) for u in users)
+    verify = servicekit.audit_verify(a.config)
+    assert verify.returncode == 0, verify.stderr
+    for svc in (a, b):
+        log = svc.log_text()
+        assert "Traceback" not in log
+        assert "is unavailable: " in log and "works again" in log
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs for the audit store, so that it can fill up or go read-only."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m,mode=0700", "tmpfs", str(folder)], capture_output=True, text=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (root is needed): {made.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+
+
+@pytest.fixture
+def on_disk(krb_realm: Any, moto_url: str, tmp_path: Path, small_disk: Path) -> Iterator[servicekit.Service]:
+    servicekit.reset_aws(moto_url)
+    svc = servicekit.prepare(tmp_path / "svc", krb_realm, moto_url, audit=f"sqlite:///{small_disk}/audit.db")
+    try:
+        svc.start()
+        yield svc
+    finally:
+        svc.stop()
+
+
+def fill(folder: Path) -> Path:
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as fh:
+        for size in (1 << 16, 1 << 12, 1 << 9):
+            try:
+                while True:
+                    fh.write(b"\0" * size)
+            except OSError:
+                continue
+    return filler
+
+
+def test_a_full_audit_store_fails_closed_says_why_and_recovers(
+    on_disk: servicekit.Service, small_disk: Path, shim: Any
+) -> None:
+    svc = on_disk
+    ensure_user(svc, "sue-full")
+    filler = fill(small_disk)
+    shim.reset_calls()
+    status, doc = call(svc, "create-user", {"user": "sue-full2"})
+    assert status == 503 and "audit" in doc["error"], doc
+    status, health = healthz(svc)
+    assert status == 503 and "database or disk is full" in health["error"], health
+    assert shim.calls["CreateUser"] == 0
+    filler.unlink()
+    until("healthz is 200 again", lambda: healthz(svc)[0] == 200)
+    assert call(svc, "create-user", {"user": "sue-full2"})[0] == 201
+    assert servicekit.audit_verify(svc.config).returncode == 0
+    log = svc.log_text()
+    assert "database or disk is full" in log and "requests fail closed (503)" in log and "works again" in log
+    assert "Traceback" not in log
+
+
+def remount(folder: Path, mode: str) -> None:
+    """``mount -o remount,MODE``; the kernel refuses read-only while any
+    process still has a file there open for writing (a dying one, briefly)."""
+    deadline = time.monotonic() + 10
+    while True:
+        made = subprocess.run(["mount", "-o", f"remount,{mode}", str(folder)], capture_output=True, text=True)
+        if made.returncode == 0:
+            return
+        assert time.monotonic() < deadline, (made.stderr, holders(folder))
+        time.sleep(0.1)
+
+
+def holders(folder: Path) -> list[str]:
+    """Which processes have files under ``folder`` open or mapped."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            names = [os.readlink(fd) for fd in (proc / "fd").iterdir()] + (proc / "maps").read_text().split()
+        except OSError:
+            continue
+        found += [f"{proc.name}: {n}" for n in names if n.startswith(str(folder))]
+    return found
+
+
+def test_a_read_only_audit_store_fails_closed_says_why_and_recovers(
+    on_disk: servicekit.Service, small_disk: Path, shim: Any
+) -> None:
+    """The worker restarts (after a crash) on a file system that went
+    read-only: a file system with the store open for writing cannot be made
+    read-only, so gunicorn's master is held while its worker is killed."""
+    svc = on_disk
+    ensure_user(svc, "sue-ro")
+    assert svc.proc is not None
+    master, worker = svc.proc.pid, svc.worker_pid()
+    assert worker is not None
+    os.kill(master, signal.SIGSTOP)  # it must not start a new worker yet
+    try:
+        os.kill(worker, signal.SIGKILL)
+        until(
+            "the worker is gone",
+            lambda: not Path(f"/proc/{worker}/fd").exists() or not any(Path(f"/proc/{worker}/fd").iterdir()),
+        )
+        remount(small_disk, "ro")
+    finally:
+        os.kill(master, signal.SIGCONT)
+    shim.reset_calls()
+    status, doc = call(svc, "create-user", {"user": "sue-ro2"})
+    assert status == 503 and "audit" in doc["error"], doc
+    status, health = healthz(svc)
+    assert status == 503 and "readonly" in health["error"], health
+    assert shim.calls["CreateUser"] == 0
+    remount(small_disk, "rw")
+    until("healthz is 200 again", lambda: healthz(svc)[0] == 200)
+    assert call(svc, "create-user", {"user": "sue-ro2"})[0] == 201
+    assert servicekit.audit_verify(svc.config).returncode == 0
+    log = svc.log_text()
+    assert "readonly database" in log and "requests fail closed (503)" in log and "works again" in log
+    assert "Traceback" not in log
+
+
+def test_sqlite_the_restarted_worker_deletes_what_the_killed_one_left(
+    krb_realm: Any, moto_url: str, tmp_path: Path, shim: Any
+) -> None:
+    """The same code path on SQLite, one host: a flock is the mint lock, and
+    the worker gunicorn starts after the kill finds the key at start-up."""
+    servicekit.reset_aws(moto_url)
+    svc = servicekit.prepare(tmp_path / "svc", krb_realm, moto_url, "reconcile_interval = 3600")
+    svc.extra_env["IAM_SORRY_TEST_PAUSE_FILE"] = str(svc.folder / "pause")
+    made = servicekit.audit_init(svc.config, None)  # on SQLite it needs no owner: the file is the service's
+    assert made.returncode == 0 and "audit store" in made.stdout and "is ready" in made.stdout, made.stderr
+    try:
+        svc.start()
+        ensure_user(svc, "sue-flock")
+        kills = Kills(svc)
+        kills.kill_at("sue-flock", "recorded")
+        [(_, _, [left], _)] = kills.seen
+        until("the new worker's start-up sweep deleted it", lambda: keys_of(svc, "sue-flock") == [])
+        [entry] = [e for e in trail_of(svc) if e["action"] == "reconcile"]
+        assert entry["key_id"] == left and entry["target"] == "sue-flock" and entry["via"] == "reconcile"
+        assert entry["principal"] == "sue@IAMSORRY.TEST"  # on behalf of the person whose mint it was
+        status, doc = call(svc, "credentials", {"user": "sue-flock", "hours": 1})
+        assert status == 200, doc
+        assert servicekit.audit_verify(svc.config).returncode == 0
+    finally:
+        svc.stop()
