@@ -240,3 +240,26 @@ def test_audit_needs_a_subcommand_and_a_config(config: Path) -> None:
     assert_clean_error(run_cli("audit", "verify"), "needs --config FILE")
     assert_clean_error(run_cli("audit", "verify", "--config", str(config), "--check"), "--check belongs")
     assert_clean_error(run_cli("audit", "verify", "--config", str(config), "--user", "x"), "audit list")
+
+
+def test_a_cut_off_tail_is_found_with_the_head_the_log_saw(config: Path) -> None:
+    """The chain alone cannot show its newest records were deleted; the
+    ``audit=#N:MAC`` the service logs for every request can."""
+    trail = filled(config)
+    seq, mac = trail.record(entry(6))
+    head = f"{seq}:{mac[:12]}"
+    trail.store.close()
+    assert run_cli("audit", "verify", "--config", str(config), "--head", head).returncode == 0
+    with db(config) as c:
+        c.execute("DELETE FROM audit WHERE seq >= 5")
+    assert run_cli("audit", "verify", "--config", str(config)).returncode == 0  # the chain itself still holds
+    proc = run_cli("audit", "verify", "--config", str(config), "--head", head)
+    assert_clean_error(proc, "record #5 and after are gone", "the log saw #6")
+    with db(config) as c:  # a different record #6 in its place: forged with the key, or an older copy
+        c.execute("DELETE FROM audit")
+    other = open_trail(config)
+    for n in range(1, 7):
+        other.record(entry(100 + n))
+    other.store.close()
+    assert_clean_error(run_cli("audit", "verify", "--config", str(config), "--head", head), "not the one the log saw")
+    assert_clean_error(run_cli("audit", "verify", "--config", str(config), "--head", "six"), "--head must be N:MAC")

@@ -512,3 +512,26 @@ def test_the_acceptor_refuses_what_it_must(krb_realm: Any, monkeypatch: pytest.M
     # The home realm's people by their short names; another realm's never pass for them.
     assert iamsorry.local_user("sue@HOME.EDU", ["HOME.EDU", "OTHER.EDU"]) == "sue"
     assert iamsorry.local_user("sue@OTHER.EDU", ["HOME.EDU", "OTHER.EDU"]) == "sue@OTHER.EDU"
+
+
+def test_a_deleted_users_credentials_are_never_served_again(svc: servicekit.Service) -> None:
+    ensure_user(svc, "sue-gone")
+    status, first = call(svc, "sue", "credentials", {"user": "sue-gone", "hours": 1})
+    assert status == 200, first
+    status, doc = call(svc, "sue", "delete-user", {"user": "sue-gone"})
+    assert status == 200, doc
+    ensure_user(svc, "sue-gone")  # a new user of the same name
+    status, again = call(svc, "sue", "credentials", {"user": "sue-gone", "hours": 1})
+    assert status == 200, again
+    assert again["AccessKeyId"] != first["AccessKeyId"]  # minted anew, not the dead user's from memory
+    assert arn_of(svc, again).endswith(":user/iam-sorry/sue-gone")
+
+
+def test_the_audit_store_is_the_services_alone(svc: servicekit.Service) -> None:
+    """Whatever umask the service was started with, its database, WAL and
+    key are readable by it alone: they name every principal and key id."""
+    call(svc, "sue", "credentials", {"user": "sue", "hours": 1})
+    found = [p for p in (svc.folder / "audit").iterdir() if p.is_file()]
+    assert {p.name for p in found} >= {"audit.db", "audit.key"}
+    for path in found:
+        assert path.stat().st_mode & 0o077 == 0, (path.name, oct(path.stat().st_mode))
