@@ -115,6 +115,21 @@ def run_cli(
     return proc
 
 
+def run_bare(*args: str, env: dict[str, str]):
+    """The script without site-packages (no cryptography, no python-gssapi),
+    as on a bare cluster node."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-S", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
 def assert_clean_error(proc, *needles: str) -> None:
     """One ``iam-sorry: error:`` line (plus an optional hint), non-zero exit,
     no traceback."""

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT
+
+# The service needs the server extra, so it always runs from the checkout, never a built .pyz.
 SCRIPT = ROOT / "iam-sorry"
 ADMIN_KEY = ("AKIAADMINADMINADMIN1", "admin/secret/admin/secret/admin/secret00")
 REGION = "us-west-2"
@@ -223,6 +225,20 @@ class Service:
     def get(self, path: str) -> dict[str, Any]:
         with urllib.request.urlopen(self.url + path, context=self.tls(), timeout=10) as reply:
             return dict(json.load(reply))
+
+    def arn_of(self, doc: dict[str, Any]) -> str:
+        """Whom AWS (the moto server) takes credentials in credential_process JSON for."""
+        import boto3
+
+        sts = boto3.client(
+            "sts",
+            endpoint_url=self.moto_url,
+            region_name="us-west-2",
+            aws_access_key_id=doc["AccessKeyId"],
+            aws_secret_access_key=doc["SecretAccessKey"],
+            aws_session_token=doc.get("SessionToken"),
+        )
+        return str(sts.get_caller_identity()["Arn"])
 
     def client_env(self, user: str | None, **extra: str) -> dict[str, str]:
         """For a client process of ``user`` (None: no ticket at all)."""
@@ -465,24 +481,22 @@ def pg_database(server: Any, name: str) -> tuple[str, str]:
     return server.dsn_for(owner, owner_pw, name), server.dsn_for(app, app_pw, name)
 
 
-def audit_init(config: Path, owner_dsn: str | None) -> subprocess.CompletedProcess[str]:
-    """``iam-sorry audit init --config CONFIG`` as the database's owner."""
+def audit(config: Path, *args: str, owner_dsn: str | None = None) -> subprocess.CompletedProcess[str]:
+    """``iam-sorry audit ARGS --config CONFIG`` as the administrator runs it
+    (``init`` as the database's owner when ``owner_dsn`` is given)."""
     env = clean_env(HOME=str(config.parent), **({"IAM_SORRY_DB_OWNER": owner_dsn} if owner_dsn else {}))
     return subprocess.run(
-        [sys.executable, str(SCRIPT), "audit", "init", "--config", str(config)],
+        [sys.executable, str(SCRIPT), "audit", *args, "--config", str(config)],
         capture_output=True,
         text=True,
         env=env,
         timeout=120,
     )
+
+
+def audit_init(config: Path, owner_dsn: str | None) -> subprocess.CompletedProcess[str]:
+    return audit(config, "init", owner_dsn=owner_dsn)
 
 
 def audit_verify(config: Path) -> subprocess.CompletedProcess[str]:
-    env = clean_env(HOME=str(config.parent))
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), "audit", "verify", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    )
+    return audit(config, "verify")

@@ -15,10 +15,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import servicekit
-from conftest import REGION, SCRIPT, assert_clean_error, creds_file, expire_profile, iamsorry, run_cli
+from conftest import (
+    REGION,
+    SCRIPT,
+    assert_clean_error,
+    creds_file,
+    expire_profile,
+    iamsorry,
+    run_bare,
+    run_cli,
+)
 
 SUE_ARN = "arn:aws:iam::123456789012:user/iam-sorry/sue"
 SESSION_KEYS = ["AccessKeyId", "Expiration", "SecretAccessKey", "SessionToken", "Version"]
@@ -45,31 +53,6 @@ def env_of(svc: servicekit.Service, user: str | None = "sue", **extra: str) -> d
     return svc.client_env(user, AWS_ENDPOINT_URL=svc.moto_url, AWS_REGION=REGION, **extra)
 
 
-def bare(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """The script on an interpreter without site-packages: no python-gssapi,
-    no boto3, no cryptography, as on a cluster node with only the file."""
-    return subprocess.run(
-        [sys.executable, "-S", str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def arn_of(svc: servicekit.Service, doc: dict[str, Any]) -> str:
-    sts = boto3.client(
-        "sts",
-        endpoint_url=svc.moto_url,
-        region_name=REGION,
-        aws_access_key_id=doc["AccessKeyId"],
-        aws_secret_access_key=doc["SecretAccessKey"],
-        aws_session_token=doc.get("SessionToken"),
-    )
-    return str(sts.get_caller_identity()["Arn"])
-
-
 def test_whoami_through_the_broker(svc: servicekit.Service) -> None:
     proc = run_cli("--broker", svc.url, "--whoami", env=env_of(svc))
     assert proc.returncode == 0, proc.stderr
@@ -81,14 +64,14 @@ def test_whoami_through_the_broker(svc: servicekit.Service) -> None:
 
 def test_the_bare_script_reaches_the_broker_through_ctypes(svc: servicekit.Service, private_home: Path) -> None:
     assert subprocess.run([sys.executable, "-S", "-c", "import gssapi"], capture_output=True).returncode != 0
-    versions = bare("--versions", env=env_of(svc))
+    versions = run_bare("--versions", env=env_of(svc))
     assert "kerberos-client ctypes (libgssapi_krb5.so.2)" in versions.stdout, versions.stdout + versions.stderr
-    proc = bare("--broker", svc.url, "--credential-process", "sue", env=env_of(svc))
+    proc = run_bare("--broker", svc.url, "--credential-process", "sue", env=env_of(svc))
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert sorted(doc) == SESSION_KEYS and arn_of(svc, doc) == SUE_ARN
+    assert sorted(doc) == SESSION_KEYS and svc.arn_of(doc) == SUE_ARN
     assert not (private_home / ".aws").exists()  # credential_process mode writes nothing
-    who = bare("--whoami", env=env_of(svc, IAM_SORRY_BROKER=svc.url))
+    who = run_bare("--whoami", env=env_of(svc, IAM_SORRY_BROKER=svc.url))
     assert who.returncode == 0 and "sue@IAMSORRY.TEST" in who.stdout, who.stderr
 
 
@@ -124,7 +107,7 @@ def test_eval_fetches_once_then_runs_from_the_file(svc: servicekit.Service, priv
     assert profile["credentials_owner"] == "sue"
     keys = ("aws_access_key_id", "aws_secret_access_key", "aws_session_token")
     doc = dict(zip(("AccessKeyId", "SecretAccessKey", "SessionToken"), (profile[k] for k in keys)))
-    assert arn_of(svc, doc) == SUE_ARN
+    assert svc.arn_of(doc) == SUE_ARN
     dead = f"https://localhost:{servicekit.free_port()}"
     again = run_cli("--eval", "sue", env=env_of(svc, IAM_SORRY_BROKER=dead))  # cached: the broker is not asked
     assert again.returncode == 0 and again.stdout == proc.stdout, again.stderr
@@ -184,7 +167,7 @@ def test_credential_process_of_a_brokered_role_writes_nothing(svc: servicekit.Se
         proc = run_cli("--credential-process", "sue-proc", env=env_of(svc, **extra))
         assert proc.returncode == 0, proc.stderr
         doc = json.loads(proc.stdout)
-        assert ":assumed-role/iam-sorry-sue-proc/" in arn_of(svc, doc)
+        assert ":assumed-role/iam-sorry-sue-proc/" in svc.arn_of(doc)
         assert not creds.exists()
 
 
@@ -192,7 +175,7 @@ def test_credential_process_of_a_brokered_role_writes_nothing(svc: servicekit.Se
 def test_kerberos_failures_are_one_clear_line(svc: servicekit.Service, krb_realm: Any, client: str) -> None:
     if client == "python-gssapi":
         pytest.importorskip("gssapi")
-    run = (lambda *a, env: bare(*a, env=env)) if client == "ctypes" else run_cli
+    run = (lambda *a, env: run_bare(*a, env=env)) if client == "ctypes" else run_cli
     whoami = ("--broker", svc.url, "--whoami")
     proc = run(*whoami, env=env_of(svc, None))
     assert_clean_error(proc, "no Kerberos ticket", "hint: run kinit")

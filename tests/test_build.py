@@ -24,9 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REGION, FakeAws, iamsorry, parse_handover
+from conftest import REGION, ROOT, FakeAws, iamsorry, parse_handover
 
-ROOT = Path(__file__).resolve().parent.parent
 BUILD_PY = ROOT / "build.py"
 # Builds may use the real HOME for pip's cache and configuration (index
 # mirrors); the bundles under test never see it.

@@ -9,7 +9,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import boto3
 import pytest
 import servicekit
 from botocore.exceptions import ClientError
-from conftest import ADMIN_KEY, REGION, SCRIPT, iamsorry
+from conftest import ADMIN_KEY, REGION, iamsorry
 
 PRINCIPAL = "sue@IAMSORRY.TEST"
 READ_ONLY = "arn:aws:iam::123456789012:policy/team-readonly"
@@ -82,18 +81,6 @@ def ensure_user(svc: servicekit.Service, name: str) -> None:
     assert status in (201, 409), doc
 
 
-def arn_of(svc: servicekit.Service, doc: dict[str, Any]) -> str:
-    sts = boto3.client(
-        "sts",
-        endpoint_url=svc.moto_url,
-        region_name=REGION,
-        aws_access_key_id=doc["AccessKeyId"],
-        aws_secret_access_key=doc["SecretAccessKey"],
-        aws_session_token=doc.get("SessionToken"),
-    )
-    return str(sts.get_caller_identity()["Arn"])
-
-
 def aws_writes(shim: Any) -> list[str]:
     """IAM writes since the shim's last reset, the test's own (as admin) aside."""
     reads = ("Get", "List")
@@ -141,7 +128,7 @@ def test_a_member_gets_credentials_that_aws_says_are_the_users_own(svc: servicek
     assert status == 200, doc
     assert sorted(doc) == ["AccessKeyId", "Expiration", "SecretAccessKey", "SessionToken", "Version"]
     assert doc["Version"] == 1
-    assert arn_of(svc, doc) == "arn:aws:iam::123456789012:user/iam-sorry/sue"
+    assert svc.arn_of(doc) == "arn:aws:iam::123456789012:user/iam-sorry/sue"
     expiry = iamsorry.parse_time(doc["Expiration"])
     assert before + 2 * 3600 - 60 < expiry <= time.time() + 2 * 3600
 
@@ -151,7 +138,7 @@ def test_hours_are_capped_by_the_namespace(svc: servicekit.Service) -> None:
     iam.create_user(UserName="lab", Path="/iam-sorry/", Tags=[{"Key": "owner", "Value": "lab"}])
     status, doc = call(svc, "ann", "credentials", {"user": "lab", "hours": 36})
     assert status == 200, doc
-    assert arn_of(svc, doc).endswith(":user/iam-sorry/lab")
+    assert svc.arn_of(doc).endswith(":user/iam-sorry/lab")
     assert iamsorry.parse_time(doc["Expiration"]) <= time.time() + 12 * 3600  # max_hours = 12
 
 
@@ -241,7 +228,7 @@ def test_delete_user_leaves_nothing_behind(svc: servicekit.Service, tmp_path: Pa
             look(UserName="sue-gone")
         assert gone.value.response["Error"]["Code"] == "NoSuchEntity"
     with pytest.raises(ClientError):  # the key it had is dead
-        arn_of(svc, key)
+        svc.arn_of(key)
     assert "sue-gone" not in {u["UserName"] for u in iam.list_entities_for_policy(PolicyArn=READ_ONLY)["PolicyUsers"]}
 
 
@@ -298,12 +285,12 @@ def test_service_key_is_shown_once_and_the_old_key_goes_after_the_new_works(svc:
     status, first = call(svc, "sue", "service-key", {"user": "sue-bedrock"})
     assert status == 200 and first["Replaced"] == []
     assert "SessionToken" not in first and "Expiration" not in first  # a long-term key
-    assert arn_of(svc, first).endswith(":user/iam-sorry/sue-bedrock")
+    assert svc.arn_of(first).endswith(":user/iam-sorry/sue-bedrock")
     status, second = call(svc, "sue", "service-key", {"user": "sue-bedrock"})
     assert status == 200 and second["Replaced"] == [iamsorry.mask_key_id(first["AccessKeyId"])]
-    assert arn_of(svc, second).endswith(":user/iam-sorry/sue-bedrock")
+    assert svc.arn_of(second).endswith(":user/iam-sorry/sue-bedrock")
     with pytest.raises(ClientError):
-        arn_of(svc, first)
+        svc.arn_of(first)
     keys = admin(svc).list_access_keys(UserName="sue-bedrock")["AccessKeyMetadata"]
     assert [k["AccessKeyId"] for k in keys] == [second["AccessKeyId"]]
 
@@ -385,21 +372,10 @@ def test_the_audit_trail_verifies_and_holds_no_secret(svc: servicekit.Service) -
     status, doc = call(svc, "sue", "credentials", {"user": "sue-audited", "hours": 1})
     assert status == 200
     call(svc, "ann", "credentials", {"user": "sue-audited"})
-    env = servicekit.clean_env(HOME=str(svc.folder / "home"))
-    verify = subprocess.run(
-        [sys.executable, str(SCRIPT), "audit", "verify", "--config", str(svc.config)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    verify = servicekit.audit(svc.config, "verify")
     assert verify.returncode == 0, verify.stderr
     assert verify.stdout.startswith("audit trail intact: ")
-    listed = subprocess.run(
-        [sys.executable, str(SCRIPT), "audit", "list", "--config", str(svc.config), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    listed = servicekit.audit(svc.config, "list", "--json")
     entries = json.loads(listed.stdout)
     minted = [e for e in entries if e["key_id"] == doc["AccessKeyId"]]
     assert len(minted) == 1 and minted[0]["principal"] == PRINCIPAL and minted[0]["target"] == "sue-audited"
@@ -456,7 +432,7 @@ def test_sigterm_lets_a_request_in_flight_finish(svc: servicekit.Service, shim: 
         other.stop()
     assert code == 0
     status, doc = result[0]
-    assert status == 200 and arn_of(svc, doc).endswith(":user/iam-sorry/sue-slow")
+    assert status == 200 and svc.arn_of(doc).endswith(":user/iam-sorry/sue-slow")
     log = other.log_text()
     assert "Handling signal: term" in log and "Traceback" not in log
     assert log.index("POST /v1/credentials 200") < log.index("Shutting down")
@@ -524,7 +500,7 @@ def test_a_deleted_users_credentials_are_never_served_again(svc: servicekit.Serv
     status, again = call(svc, "sue", "credentials", {"user": "sue-gone", "hours": 1})
     assert status == 200, again
     assert again["AccessKeyId"] != first["AccessKeyId"]  # minted anew, not the dead user's from memory
-    assert arn_of(svc, again).endswith(":user/iam-sorry/sue-gone")
+    assert svc.arn_of(again).endswith(":user/iam-sorry/sue-gone")
 
 
 def test_the_audit_store_is_the_services_alone(svc: servicekit.Service) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import servicekit
-from conftest import FakeAws, assert_clean_error, iamsorry, run_cli
+from conftest import SCRIPT, FakeAws, assert_clean_error, iamsorry, run_cli
 from test_policies import blocking_problems, evaluate, findings_of, owned, run_parliament, severity_problems
 
 ACCT = "123456789012"
@@ -379,8 +379,6 @@ def test_a_user_named_like_a_command_can_still_be_minted(private_home: Path) -> 
 def test_without_the_server_extra_serve_says_what_to_install(checked: Path) -> None:
     import subprocess
     import sys
-
-    from conftest import SCRIPT
 
     proc = subprocess.run(
         [sys.executable, "-S", str(SCRIPT), "serve", "--config", str(checked)],

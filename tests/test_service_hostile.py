@@ -15,7 +15,7 @@ from typing import Any
 import boto3
 import pytest
 import servicekit
-from conftest import ADMIN_KEY, REGION, iamsorry
+from conftest import ADMIN_KEY, REGION, SCRIPT, iamsorry
 
 ATTEMPTS = 2  # aws_attempts below: each AWS call is tried this often, then the request fails
 LIMITS = f"""
@@ -242,8 +242,6 @@ def test_the_audit_trail_verifies_and_the_log_has_no_traceback(svc: servicekit.S
 def iamsorry_cli(*args: str, env: dict[str, str]) -> Any:
     import subprocess
     import sys
-
-    from conftest import SCRIPT
 
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=60)
 

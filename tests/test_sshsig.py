@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +17,7 @@ from typing import Any
 
 import pytest
 import servicekit
-from conftest import SCRIPT, assert_clean_error, iamsorry, run_cli
+from conftest import assert_clean_error, iamsorry, run_bare, run_cli
 from sshkit import Agent, make_key
 
 REALM = "IAMSORRY.TEST"
@@ -367,20 +365,6 @@ def sign_in(
     return status, headers, doc, body
 
 
-def arn_of(svc: servicekit.Service, doc: dict[str, Any]) -> str:
-    import boto3
-
-    sts = boto3.client(
-        "sts",
-        endpoint_url=svc.moto_url,
-        region_name=servicekit.REGION,
-        aws_access_key_id=doc["AccessKeyId"],
-        aws_secret_access_key=doc["SecretAccessKey"],
-        aws_session_token=doc.get("SessionToken"),
-    )
-    return str(sts.get_caller_identity()["Arn"])
-
-
 def test_ssh_keygen_signs_in_and_the_token_works_beside_kerberos(
     svc: servicekit.Service, keys: dict[str, Path]
 ) -> None:
@@ -391,7 +375,7 @@ def test_ssh_keygen_signs_in_and_the_token_works_beside_kerberos(
     status, _, who = post(svc, "/v1/whoami", None, *bearer(token))
     assert status == 200 and (who["principal"], who["via"]) == (SUE, "ssh-key") and "sue" in who["namespaces"]
     status, _, creds = post(svc, "/v1/credentials", {"user": "sue", "hours": 1}, *bearer(token))
-    assert status == 200 and arn_of(svc, creds).endswith(":user/iam-sorry/sue")
+    assert status == 200 and svc.arn_of(creds).endswith(":user/iam-sorry/sue")
     SHOWN.extend([creds["SecretAccessKey"], creds["SessionToken"]])
     status, _, who = svc.curl("sue", "/v1/whoami")  # Kerberos, on the same server
     assert status == 200 and (who["principal"], who["via"]) == (SUE, "negotiate")
@@ -456,18 +440,6 @@ def test_a_challenge_names_only_a_host_the_certificate_covers(svc: servicekit.Se
     assert status == 200 and doc["challenge"].startswith("iam-sorry login v1 127.0.0.1 ")
 
 
-def bare(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    """The script without site-packages (no cryptography, no python-gssapi), as on a bare cluster node."""
-    return subprocess.run(
-        [sys.executable, "-S", str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def test_the_client_signs_in_through_its_agent_and_writes_nothing(
     svc: servicekit.Service, client_key: Path, agent: Agent, private_home: Path
 ) -> None:
@@ -477,10 +449,10 @@ def test_the_client_signs_in_through_its_agent_and_writes_nothing(
     assert who.returncode == 0, who.stderr
     assert f"{SUE} (local user sue) at {svc.url}\nsigned in by: ssh-key\n" in who.stdout
     assert_clean_error(run_cli("--broker", svc.url, "--whoami", env=env), "no Kerberos ticket")
-    proc = bare("--broker", svc.url, "--credential-process", "sue", env={**env, "IAM_SORRY_BROKER_LOGIN": "ssh"})
+    proc = run_bare("--broker", svc.url, "--credential-process", "sue", env={**env, "IAM_SORRY_BROKER_LOGIN": "ssh"})
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert arn_of(svc, doc).endswith(":user/iam-sorry/sue")
+    assert svc.arn_of(doc).endswith(":user/iam-sorry/sue")
     SHOWN.extend([doc["SecretAccessKey"], doc["SessionToken"]])
     assert not (private_home / ".aws").exists()  # credential_process mode writes nothing, the token neither
     assert sorted(p.name for p in private_home.iterdir()) == []
@@ -552,20 +524,9 @@ def test_a_service_with_ssh_keys_alone(
 
 
 def test_the_audit_says_how_each_person_signed_in_and_holds_no_token(svc: servicekit.Service) -> None:
-    env = servicekit.clean_env(HOME=str(svc.folder / "home"))
-    verify = subprocess.run(
-        [sys.executable, str(SCRIPT), "audit", "verify", "--config", str(svc.config)],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    verify = servicekit.audit(svc.config, "verify")
     assert verify.returncode == 0 and verify.stdout.startswith("audit trail intact: "), verify.stderr
-    listed = subprocess.run(
-        [sys.executable, str(SCRIPT), "audit", "list", "--config", str(svc.config), "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    listed = servicekit.audit(svc.config, "list", "--json")
     entries = json.loads(listed.stdout)
     signed_in = [e for e in entries if e["action"] == "login/ssh" and e["status"] == 200]
     assert signed_in and all(e["via"] == "ssh-key" and e["signer"].startswith("SHA256:") for e in signed_in)

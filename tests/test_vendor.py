@@ -23,9 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_KEY, SCRIPT, FakeAws, assert_clean_error, iamsorry, parse_handover
+from conftest import ADMIN_KEY, ROOT, SCRIPT, FakeAws, assert_clean_error, iamsorry, parse_handover
 
-ROOT = Path(__file__).resolve().parent.parent
 MARKER = "iam-sorry-vendor.json"
 HERE_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
 # The vendor build uses the real HOME for pip's cache and configuration
