@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REGION, FakeAws, assert_clean_error, bash, exported, hand_over, iamsorry, run_cli
+from conftest import REGION, FakeAws, assert_clean_error, bash, exported, hand_over, iamsorry, parse_handover, run_cli
 
 
 def test_delegation_once_and_the_manager_loses_write(manager: FakeAws) -> None:
@@ -99,10 +99,19 @@ def test_create_iam_sorry_owns_the_namespace_names_from_the_start(aws: FakeAws) 
     assert iam.get_user(UserName="sue-mgr")["User"]["Path"] == "/"  # outside every namespace path
     assert "pre-existing user sue-old" in made.stderr and "--adopt sue-old --owner sue" in made.stderr
     assert _tags(iam, "sue-old") == {}  # listed, never taken
+    (first,) = iam.list_access_keys(UserName="sue-mgr")["AccessKeyMetadata"]
     again = _admin("--create-iam-sorry", "sue-mgr")  # re-running updates the policy, keeps what is ours
     assert again.returncode == 0, again.stderr
     versions = iam.list_policy_versions(PolicyArn="arn:aws:iam::123456789012:policy/iam-sorry-sue-manager")
     assert len(versions["Versions"]) == 2
+    # ... and its key: a second one would be a live secret in the terminal that nobody deletes
+    assert iam.list_access_keys(UserName="sue-mgr")["AccessKeyMetadata"] == [first]
+    assert "no new key was made" in again.stdout and "aws_secret_access_key" not in again.stdout
+    iam.delete_access_key(UserName="sue-mgr", AccessKeyId=first["AccessKeyId"])
+    keyless = _admin("--create-iam-sorry", "sue-mgr")  # a manager without a key gets one again
+    assert keyless.returncode == 0, keyless.stderr
+    assert parse_handover(keyless.stdout)[0] != first["AccessKeyId"]
+    assert len(iam.list_access_keys(UserName="sue-mgr")["AccessKeyMetadata"]) == 1
 
 
 @pytest.mark.parametrize(
