@@ -134,7 +134,7 @@ TOOL_KEYS = ["owner", "delegated-by"]
 VIEW = {"iam:getuser", "iam:listusertags"}
 LISTS = {"iam:listusers", "iam:listroles"}
 MINT = {"iam:createaccesskey", "iam:deleteaccesskey", "iam:listaccesskeys"}
-OWN_KEY = {"iam:listaccesskeys", "iam:createaccesskey", "iam:updateaccesskey", "iam:deleteaccesskey"}
+OWN_KEY = {"iam:listaccesskeys", "iam:createaccesskey", "iam:deleteaccesskey"}
 KEY_ACTIONS = MINT | OWN_KEY
 MANAGER_MAY = (
     VIEW | LISTS | KEY_ACTIONS | {"iam:createuser", "iam:taguser", "iam:createrole", "iam:tagrole", "iam:getrole"}
@@ -1092,7 +1092,7 @@ MANAGER_CASES: list[tuple[str, str, dict[str, Any], str]] = [
     # its own key (bootstrap), and nothing else about itself
     ("iam:ListAccessKeys", user("sue-mgr"), {}, "Allow"),
     ("iam:CreateAccessKey", user("sue-mgr"), {}, "Allow"),
-    ("iam:UpdateAccessKey", user("sue-mgr"), {}, "Allow"),
+    ("iam:UpdateAccessKey", user("sue-mgr"), {}, "ImplicitDeny"),  # re-activating what an admin stopped
     ("iam:DeleteAccessKey", user("sue-mgr"), {}, "Allow"),
     ("iam:TagUser", user("sue-mgr"), tags(owner="jimmy", delegated_by="sue-mgr"), "ImplicitDeny"),
     ("iam:UntagUser", user("sue-mgr"), {"aws:TagKeys": ["iam-sorry-manager"]}, "ImplicitDeny"),
