@@ -175,3 +175,21 @@ def test_check_namespace_reports_what_does_not_belong(manager: FakeAws) -> None:
     # An administrator checks any namespace with their own profile.
     admin = run_cli("--profile", "aws-admin", "--check-namespace", "sue")
     assert admin.returncode != 0 and admin.stdout == report.stdout
+
+
+def test_the_tools_own_identities_are_never_listed_for_adoption_or_adopted(aws: FakeAws) -> None:
+    """Namespace ``iam`` matches the service's user iam-sorry-service by name;
+    handing that (or a manager) to a namespace would let its manager mint
+    for it and break the service."""
+    iam = aws.client("iam")
+    iam.create_user(UserName="iam-sorry-service", Path="/iam-sorry-service/")
+    assert _admin("--create-iam-sorry", "iam-sorry-mgr").returncode == 0
+    made = _admin("--create-iam-sorry", "iam-mgr")
+    assert made.returncode == 0, made.stderr
+    assert "iam-sorry-service" not in made.stderr and "iam-sorry-mgr" not in made.stderr
+    for name, needle in (("iam-sorry-service", "department service's own user"), ("iam-sorry-mgr", "is a manager")):
+        before = iam.get_user(UserName=name)["User"]
+        assert_clean_error(_admin("--adopt", name, "--owner", "iam"), needle, "never adopted")
+        after = iam.get_user(UserName=name)["User"]
+        assert (after["Path"], after.get("PermissionsBoundary")) == (before["Path"], before.get("PermissionsBoundary"))
+        assert "owner" not in _tags(iam, name) or name == "iam-sorry-mgr"
