@@ -155,8 +155,12 @@ def test_check_namespace_reports_what_does_not_belong(manager: FakeAws) -> None:
         iam.create_access_key(UserName="sue-loose")
     anyone = json.dumps(iamsorry.role_trust_policy("arn:aws:iam::999999999999:root"))
     iam.create_role(RoleName="iam-sorry-sue-open", AssumeRolePolicyDocument=anyone)
+    before = dict(manager.shim.calls)
     report = run_cli("--check-namespace")
     assert report.returncode != 0
+    gets = manager.shim.calls.get("GetUser", 0) - before.get("GetUser", 0)
+    listed = [u["UserName"] for u in iam.list_users()["Users"] if u["UserName"].startswith("sue")]
+    assert gets == len(listed), (gets, listed)  # one look at each user, the base user included
     assert "Traceback" not in report.stderr
     lines = report.stdout.splitlines()
     expected = [
@@ -193,3 +197,15 @@ def test_the_tools_own_identities_are_never_listed_for_adoption_or_adopted(aws: 
         after = iam.get_user(UserName=name)["User"]
         assert (after["Path"], after.get("PermissionsBoundary")) == (before["Path"], before.get("PermissionsBoundary"))
         assert "owner" not in _tags(iam, name) or name == "iam-sorry-mgr"
+
+
+def test_create_iam_sorry_repairs_a_base_user_bounded_by_another_namespace(aws: FakeAws) -> None:
+    iam = aws.client("iam")
+    for manager in ("sue-mgr", "bob-mgr"):
+        assert _admin("--create-iam-sorry", manager).returncode == 0
+    bob_boundary = "arn:aws:iam::123456789012:policy/iam-sorry-bob-boundary"
+    iam.put_user_permissions_boundary(UserName="sue", PermissionsBoundary=bob_boundary)
+    again = _admin("--create-iam-sorry", "sue-mgr")
+    assert again.returncode == 0, again.stderr
+    bound = iam.get_user(UserName="sue")["User"]["PermissionsBoundary"]["PermissionsBoundaryArn"]
+    assert bound == "arn:aws:iam::123456789012:policy/iam-sorry-sue-boundary"
