@@ -209,3 +209,15 @@ def test_create_iam_sorry_repairs_a_base_user_bounded_by_another_namespace(aws: 
     assert again.returncode == 0, again.stderr
     bound = iam.get_user(UserName="sue")["User"]["PermissionsBoundary"]["PermissionsBoundaryArn"]
     assert bound == "arn:aws:iam::123456789012:policy/iam-sorry-sue-boundary"
+
+
+def test_a_manager_identified_by_aws_asks_for_its_account_once(manager: FakeAws) -> None:
+    """Without ``credentials_owner`` the manager learns who it is from
+    GetCallerIdentity; the same answer names the account the role needs."""
+    path = manager.home / ".aws" / "credentials"
+    path.write_text("".join(line for line in path.read_text().splitlines(True) if "credentials_owner" not in line))
+    manager.shim.reset_calls()
+    made = run_cli("--role", "sue-etl")
+    assert made.returncode == 0, made.stderr
+    assert manager.shim.calls["GetCallerIdentity"] == 1
+    assert "credentials_owner = sue-mgr" in path.read_text()
