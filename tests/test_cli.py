@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -112,3 +113,28 @@ def test_main_restores_what_it_changes(private_home: Path, monkeypatch: pytest.M
     assert (iamsorry.UI.stream, iamsorry.UI.quiet, stderr.errors) == (None, False, "strict")
     stderr.flush()
     assert b"?" in raw.getvalue()
+
+
+@pytest.mark.parametrize("action", ["--eval", "--credential-process"])
+def test_cached_credentials_read_each_aws_file_once(private_home: Path, action: str) -> None:
+    """Every process of a job array pays for each read of ~/.aws (often on NFS)."""
+    creds_file(private_home).write_text(
+        "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
+        "expiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n"
+    )
+    (private_home / ".aws" / "config").write_text("[profile sue]\nregion = us-west-2\n")
+    code = (
+        "import collections, contextlib, importlib.machinery, io, json, sys\n"
+        "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
+        "opened = collections.Counter()\n"
+        "def hook(event, args):\n"
+        "    if event == 'open' and isinstance(args[0], str) and '/.aws/' in args[0]:\n"
+        "        opened[args[0].rsplit('/', 1)[1]] += 1\n"
+        "sys.addaudithook(hook)\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert m.main([sys.argv[2], 'sue']) == 0\n"
+        "print(json.dumps(opened))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(SCRIPT), action], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"credentials": 1, "config": 1}
