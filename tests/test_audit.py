@@ -6,12 +6,15 @@ list`` filters by person and age."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+import servicekit
 from conftest import assert_clean_error, iamsorry, run_cli
 
 AuditTrail = iamsorry.AuditTrail
@@ -263,3 +266,157 @@ def test_a_cut_off_tail_is_found_with_the_head_the_log_saw(config: Path) -> None
     other.store.close()
     assert_clean_error(run_cli("audit", "verify", "--config", str(config), "--head", head), "not the one the log saw")
     assert_clean_error(run_cli("audit", "verify", "--config", str(config), "--head", "six"), "--head must be N:MAC")
+
+
+def test_the_database_and_its_wal_are_private_whatever_the_umask(config: Path) -> None:
+    """audit init, audit verify and the store itself: 0600 from the first
+    byte, although 022 would leave every principal and key id readable."""
+    folder = config.parent / "audit"
+    old = os.umask(0o022)
+    try:
+        proc = run_cli("audit", "init", "--config", str(config))
+        assert proc.returncode == 0, proc.stderr
+        assert (folder / "audit.db").stat().st_mode & 0o777 == 0o600
+        trail = open_trail(config)
+        trail.record(entry(1))
+        for name in ("audit.db", "audit.db-wal", "audit.db-shm", "audit.key"):
+            assert (folder / name).stat().st_mode & 0o777 == 0o600, name
+        trail.store.close()
+        (folder / "audit.db").chmod(0o644)  # made by an older version
+        assert run_cli("audit", "verify", "--config", str(config)).returncode == 0
+        assert (folder / "audit.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(old)
+
+
+NOBODY = 65534  # another local user; the tests run as root in CI
+
+
+def test_a_planted_key_is_refused(config: Path) -> None:
+    """Another user who could put audit.key there first would know the key
+    that seals the shared credentials."""
+    folder = config.parent / "audit"
+    folder.mkdir(mode=0o700)
+    planted = folder / "audit.key"
+    planted.write_text("ab" * 32 + "\n")
+    planted.chmod(0o600)
+    os.chown(planted, NOBODY, NOBODY)
+    with pytest.raises(iamsorry.AuditError, match=f"belongs to uid {NOBODY}, not to the service's user"):
+        iamsorry.audit_key(str(planted), create=True)
+    assert_clean_error(run_cli("audit", "init", "--config", str(config)), f"audit.key belongs to uid {NOBODY}")
+
+
+def test_a_folder_others_may_write_or_own_is_refused(config: Path) -> None:
+    folder = config.parent / "audit"
+    folder.mkdir(mode=0o700)
+    folder.chmod(0o777)
+    with pytest.raises(iamsorry.StoreUnavailable, match="is not the service's alone"):
+        iamsorry.SqliteAuditStore(str(folder / "audit.db"))
+    assert_clean_error(run_cli("audit", "init", "--config", str(config)), f"the audit folder {folder} is not")
+    folder.chmod(0o700)
+    config.parent.chmod(0o777)  # a folder above it will do as well: a neighbour could swap the whole folder
+    try:
+        with pytest.raises(iamsorry.StoreUnavailable, match="is not the service's alone"):
+            iamsorry.SqliteAuditStore(str(folder / "audit.db"))
+    finally:
+        config.parent.chmod(0o700)
+    os.chown(folder, NOBODY, NOBODY)
+    with pytest.raises(iamsorry.StoreUnavailable, match="is not the service's alone"):
+        iamsorry.SqliteAuditStore(str(folder / "audit.db"))
+
+
+def test_a_database_or_lock_folder_of_another_user_is_refused(config: Path) -> None:
+    """The owner of audit.db can delete records; the owner of the lock
+    folder can hold any person's mint lock."""
+    trail = filled(config, 1)
+    store = trail.store
+    locks = Path(f"{store.path}.locks")
+    locks.mkdir(mode=0o700)
+    os.chown(locks, NOBODY, NOBODY)
+    with (
+        pytest.raises(iamsorry.StoreUnavailable, match="the mint lock folder .* is not the service's alone"),
+        store.user_lock("sue", None),
+    ):
+        pass
+    locks.rmdir()
+    with store.user_lock("sue", None) as held:
+        assert held
+    store.close()
+    os.chown(store.path, NOBODY, NOBODY)
+    with pytest.raises(iamsorry.StoreUnavailable, match=f"belongs to uid {NOBODY}"):
+        open_trail(config)
+    assert_clean_error(run_cli("audit", "verify", "--config", str(config)), f"belongs to uid {NOBODY}")
+
+
+def test_starters_racing_for_the_key_all_read_the_whole_key(tmp_path: Path) -> None:
+    """The key appears complete or not at all: a second starter never reads
+    a file the first has created but not yet written."""
+    for round_ in range(20):
+        path = str(tmp_path / f"k{round_}" / "audit.key")
+        start = threading.Barrier(8)
+        keys: list[bytes | str] = []
+
+        def make(path: str = path, start: threading.Barrier = start, keys: list[bytes | str] = keys) -> None:
+            start.wait()
+            try:
+                keys.append(iamsorry.audit_key(path, create=True))
+            except iamsorry.AuditError as exc:
+                keys.append(str(exc))
+
+        threads = [threading.Thread(target=make) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(set(keys)) == 1 and isinstance(keys[0], bytes), keys
+        assert os.listdir(os.path.dirname(path)) == ["audit.key"]  # no temporary file left behind
+
+
+def test_verify_and_list_read_the_trail_a_page_at_a_time(config: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(iamsorry, "_AUDIT_PAGE", 2)
+    trail = filled(config, 7)
+    reads: list[str] = []
+    trail.store.db.set_trace_callback(lambda sql: reads.append(sql) if "FROM audit" in sql else None)
+    report = trail.verify()
+    assert (report.count, report.bad) == (7, "")
+    assert len([r for r in reads if r.startswith("SELECT seq, body, mac")]) == 4  # 2 + 2 + 2 + 1
+    assert [e["seq"] for e in trail.entries()] == list(range(1, 8))
+    seq, mac = trail.record(entry(8))  # a full last page: one more, empty, read ends it
+    assert trail.verify((seq, mac[:12])).count == 8
+    trail.store.close()
+    with db(config) as c:
+        c.execute("DELETE FROM audit WHERE seq = 5")  # the first record of the third page
+    assert "record #5 is missing" in open_trail(config).verify().bad
+    with db(config) as c:
+        c.execute("INSERT INTO audit (seq, body, mac) VALUES (0, '{}', ?)", ("0" * 64,))
+    assert "record #1 is missing" in open_trail(config).verify().bad  # a record numbered below 1 is seen too
+
+
+def test_a_dsn_is_shown_without_its_password_in_either_form() -> None:
+    for dsn in (
+        "postgresql://owner:s3cret@db.example.edu:5433/iamsorry?sslmode=require",
+        "host=db.example.edu port=5433 user=owner password=s3cret dbname=iamsorry sslmode=require",
+    ):
+        assert iamsorry.shown_dsn(dsn) == "postgresql://owner@db.example.edu:5433/iamsorry", dsn
+    assert iamsorry.shown_dsn("host=db password=s3cret dbname") == "postgresql://(unreadable DSN)"
+
+
+def test_audit_init_prints_no_password_of_a_key_value_dsn(pg: Any, tmp_path: Path) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    owner_url, app_url = servicekit.pg_database(pg, "shown")
+    owner = conninfo_to_dict(owner_url)
+    words = " ".join(f"{k}={v}" for k, v in owner.items())
+    config = tmp_path / "service.toml"
+    config.write_text(
+        '[service]\ntls_cert = "c"\ntls_key = "k"\nkeytab = "kt"\nrealms = ["IAMSORRY.TEST"]\n'
+        f'audit = "{app_url}"\naudit_key = "audit.key"\n'
+    )
+    proc = servicekit.audit_init(config, words)
+    assert proc.returncode == 0, proc.stderr
+    assert f"audit tables in postgresql://{owner['user']}@127.0.0.1:{owner['port']}/shown" in proc.stdout
+    wrong = words.replace(f"port={owner['port']}", "port=1")  # nothing listens there
+    failed = servicekit.audit_init(config, wrong)
+    assert_clean_error(failed, f"cannot set up the audit database postgresql://{owner['user']}@127.0.0.1:1/shown")
+    for out in (proc.stdout, proc.stderr, failed.stdout, failed.stderr):
+        assert str(owner["password"]) not in out and conninfo_to_dict(app_url)["password"] not in out

@@ -387,3 +387,43 @@ def test_without_the_server_extra_serve_says_what_to_install(checked: Path) -> N
         timeout=60,
     )
     assert_clean_error(proc, "the service needs gunicorn", "pip install 'iam-sorry[server]'")
+
+
+def test_the_audit_scheme_is_checked_with_an_audit_key_too(tmp_path: Path) -> None:
+    text = EXAMPLE.replace(
+        'audit = "sqlite:////var/lib/iam-sorry/audit.db"',
+        'audit = "mysql://db/audit"\naudit_key = "/etc/iam-sorry/audit.key"',
+    )
+    with pytest.raises(iamsorry.UsageError, match="audit: must be sqlite:///PATH or postgresql://"):
+        iamsorry.load_service_config(str(write(tmp_path, text)))
+
+
+def test_a_keytab_or_tls_key_open_to_others_is_refused(checked: Path, krb_realm: Any, tmp_path: Path) -> None:
+    """Whoever reads the keytab can forge tickets to the service; whoever
+    reads the TLS key can be the service."""
+    keytab = tmp_path / "http.keytab"
+    shutil.copyfile(krb_realm.keytab, keytab)
+    keytab.chmod(0o600)
+    checked.write_text(checked.read_text().replace(str(krb_realm.keytab), str(keytab)))
+    assert run_cli("serve", "--config", str(checked), "--check").returncode == 0
+    for path, what in ((keytab, "the keytab"), (tmp_path / "tls.key", "the TLS key")):
+        path.chmod(0o644)
+        assert_clean_error(run_cli("serve", "--config", str(checked), "--check"), f"{what} {path} is open to others")
+        path.chmod(0o600)
+
+
+def test_setup_service_sees_every_page_of_roles(aws: FakeAws, tmp_path: Path) -> None:
+    """ListRoles answers 100 roles at a time."""
+    iam = aws.client("iam")
+    for n in range(101):
+        iam.create_role(RoleName=f"iam-sorry-service.old{n}", Path="/iam-sorry-service/", AssumeRolePolicyDocument="{}")
+    proc = run_cli("--profile", "aws-admin", "--setup-service", str(service_config(tmp_path)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("is in no namespace") == 101
+
+
+@pytest.mark.parametrize("principal", ["süe@EXAMPLE.EDU", "sue\u0661@EXAMPLE.EDU", "s" * 60 + "@EXAMPLE.EDU"])
+def test_a_principal_sts_would_refuse_is_no_person_here(principal: str) -> None:
+    with pytest.raises(iamsorry.Unauthorized, match="is not a person this service serves"):
+        iamsorry.local_user(principal, ["EXAMPLE.EDU"])
+    assert iamsorry.local_user("sue@EXAMPLE.EDU", ["EXAMPLE.EDU"]) == "sue"
