@@ -503,7 +503,9 @@ def test_sqlite_the_restarted_worker_deletes_what_the_killed_one_left(
         kills = Kills(svc)
         kills.kill_at("sue-flock", "recorded")
         [(_, _, [left], _)] = kills.seen
+        # The sweep deletes the key, then records that it did: wait for both.
         until("the new worker's start-up sweep deleted it", lambda: keys_of(svc, "sue-flock") == [])
+        until("the sweep's record", lambda: any(e["action"] == "reconcile" for e in trail_of(svc)))
         [entry] = [e for e in trail_of(svc) if e["action"] == "reconcile"]
         assert entry["key_id"] == left and entry["target"] == "sue-flock" and entry["via"] == "reconcile"
         assert entry["principal"] == "sue@IAMSORRY.TEST"  # on behalf of the person whose mint it was
