@@ -24,6 +24,7 @@ from conftest import (
     creds_file,
     expire_profile,
     iamsorry,
+    require_module,
     run_bare,
     run_cli,
 )
@@ -76,7 +77,7 @@ def test_the_bare_script_reaches_the_broker_through_ctypes(svc: servicekit.Servi
 
 
 def test_with_python_gssapi_versions_say_so(svc: servicekit.Service) -> None:
-    pytest.importorskip("gssapi")
+    require_module("gssapi")
     line = next(ln for ln in run_cli("--versions").stdout.splitlines() if ln.startswith("kerberos-client"))
     assert line.startswith("kerberos-client python-gssapi ")
 
@@ -174,7 +175,7 @@ def test_credential_process_of_a_brokered_role_writes_nothing(svc: servicekit.Se
 @pytest.mark.parametrize("client", ["python-gssapi", "ctypes"])
 def test_kerberos_failures_are_one_clear_line(svc: servicekit.Service, krb_realm: Any, client: str) -> None:
     if client == "python-gssapi":
-        pytest.importorskip("gssapi")
+        require_module("gssapi")
     run = (lambda *a, env: run_bare(*a, env=env)) if client == "ctypes" else run_cli
     whoami = ("--broker", svc.url, "--whoami")
     proc = run(*whoami, env=env_of(svc, None))
@@ -224,7 +225,7 @@ def test_the_initiators_insist_on_mutual_authentication(
     """Both bindings complete a handshake with the service's acceptor, and
     refuse an answer that does not prove the service's identity."""
     if kind == "python-gssapi":
-        pytest.importorskip("gssapi")
+        require_module("gssapi")
     for name, value in krb_realm.env("sue").items():
         monkeypatch.setenv(name, value)
     make = iamsorry._PyInitiator if kind == "python-gssapi" else iamsorry._CtypesInitiator
