@@ -538,3 +538,19 @@ def children(parent: int, command: str | None = None) -> set[int]:
         if got and int(got[1][1]) == parent and command in (None, got[0]):
             found.add(int(stat.parent.name))
     return found
+
+
+def aws_cli_arn(profile: str, env: dict[str, str] | None = None) -> str:
+    """Whom the real AWS CLI takes ``--profile PROFILE`` for (sts get-caller-identity)."""
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        ["aws", "sts", "get-caller-identity", "--profile", profile, "--output", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return str(json.loads(proc.stdout)["Arn"])
