@@ -6,6 +6,8 @@ then goes stale, so tests always load the file in the work tree."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import importlib.machinery
 import importlib.util
 import os
@@ -15,7 +17,9 @@ import select
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +89,38 @@ def require_program(name: str) -> None:
         if REQUIRE_TOOLS:
             pytest.fail(f"{name} is not installed, and CI must run this test (.ci/run installs it)")
         pytest.skip(f"{name} is not installed")
+
+
+def require_module(name: str) -> Any:
+    """The module a test needs, imported; skipped where it is missing,
+    except where it must run (as require_program).  Also at module level."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if REQUIRE_TOOLS:
+            pytest.fail(f"cannot import {name} ({exc}), and CI must run this test (.ci/run installs the test extra)")
+        pytest.skip(f"{name} is not installed", allow_module_level=True)
+
+
+def require_root(why: str) -> None:
+    """Skip a test that only root can run, except where it must run: CI runs as root."""
+    if os.geteuid() != 0:
+        if REQUIRE_TOOLS:
+            pytest.fail(f"this test needs root ({why}), and CI must run it")
+        pytest.skip(f"needs root: {why}")
+
+
+#: Marks a test (or a parameter) that makes folders of another uid: run as root.
+needs_root = pytest.mark.needs_root
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "needs_root: makes folders of another uid, so only root can run it")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("needs_root"):
+        require_root("folders of another uid")
 
 
 def run_cli(
@@ -173,6 +209,36 @@ ADMIN_KEY = ("AKIAADMINADMINADMIN1", "admin/secret/admin/secret/admin/secret00")
 REGION = "us-west-2"
 
 
+def aws_client(
+    url: str, service: str, key_id: str = ADMIN_KEY[0], secret: str = ADMIN_KEY[1], token: str | None = None
+) -> Any:
+    """A boto3 client of the fake AWS at ``url``: the administrator's, unless other keys are given."""
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=url,
+        region_name=REGION,
+        aws_access_key_id=key_id,
+        aws_secret_access_key=secret,
+        aws_session_token=token,
+    )
+
+
+def admin_profile(home: Path, comment: str = "") -> Path:
+    """``home``'s ~/.aws with the fake account's administrator as
+    [aws-admin] (the credentials file 0600) and its region; the folder."""
+    aws_dir = home / ".aws"
+    aws_dir.mkdir(parents=True, exist_ok=True)
+    creds = aws_dir / "credentials"
+    creds.write_text(
+        f"{comment}[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n"
+    )
+    creds.chmod(0o600)
+    (aws_dir / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
+    return aws_dir
+
+
 class FakeAws:
     """The local moto server (with the identity shim) that a test talks to."""
 
@@ -182,16 +248,7 @@ class FakeAws:
         self.home = home
 
     def client(self, service: str, key_id: str = ADMIN_KEY[0], secret: str = ADMIN_KEY[1], token: str | None = None):
-        import boto3
-
-        return boto3.client(
-            service,
-            endpoint_url=self.url,
-            region_name=REGION,
-            aws_access_key_id=key_id,
-            aws_secret_access_key=secret,
-            aws_session_token=token,
-        )
+        return aws_client(self.url, service, key_id, secret, token)
 
     def whoami(self, profile: dict[str, str]) -> str:
         """The ARN AWS says a credentials profile belongs to."""
@@ -256,14 +313,7 @@ def aws(moto_url: str, private_home: Path, monkeypatch: pytest.MonkeyPatch) -> F
     shim.reset()
     monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
     monkeypatch.setenv("IAM_SORRY_PROPAGATION_TIMEOUT", "20")
-    aws_dir = private_home / ".aws"
-    aws_dir.mkdir(exist_ok=True)
-    creds = aws_dir / "credentials"
-    creds.write_text(
-        f"# admin's profile\n[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n"
-    )
-    creds.chmod(0o600)
-    (aws_dir / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
+    admin_profile(private_home, comment="# admin's profile\n")
     return FakeAws(moto_url, shim, private_home)
 
 
@@ -354,3 +404,153 @@ def run_in_pty(
     text = shown.decode(errors="replace")
     assert_key_ids_masked(text)  # a pty merges stdout and stderr: hold both to stdout's rule
     return os.waitstatus_to_exitcode(status), text
+
+
+def run_all(argvs: list[list[str]], timeout: float, env: dict[str, str] | None = None, merge: bool = False) -> list:
+    """Start every command at once, each in a session of its own, and wait
+    for all of them within ``timeout`` seconds (for the lot); their
+    ``CompletedProcess``es, in order (``merge``: stderr into stdout).
+    Output goes to temporary files, so that no full pipe holds a process
+    back; whatever still runs when this fails is killed with its group."""
+    import signal
+    import subprocess
+    import tempfile
+
+    deadline = time.monotonic() + timeout
+    started: list[tuple[subprocess.Popen[bytes], Any, Any]] = []
+    with contextlib.ExitStack() as files:
+        try:
+            for argv in argvs:
+                out = files.enter_context(tempfile.TemporaryFile())
+                err = out if merge else files.enter_context(tempfile.TemporaryFile())
+                proc = subprocess.Popen(
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env, start_new_session=True
+                )
+                started.append((proc, out, err))
+            for proc, _, _ in started:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        finally:
+            for proc, _, _ in started:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+        return [
+            subprocess.CompletedProcess(proc.args, proc.returncode, _read_back(out), "" if merge else _read_back(err))
+            for proc, out, err in started
+        ]
+
+
+def _read_back(f: Any) -> str:
+    f.seek(0)
+    return str(f.read().decode(errors="replace"))
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print('held', flush=True)
+sys.stdin.readline()
+"""
+
+
+class LockHolder:
+    """Another process holding the exclusive flock on a lock file (the
+    store's ``credentials.lock``) until released or killed."""
+
+    def __init__(self, proc: Any, path: Path) -> None:
+        self.proc, self.path = proc, path
+
+    def await_waiter(self, waiter: Any, timeout: float = 60) -> None:
+        """Return once process ``waiter`` has the lock file open: the store
+        opens it only to take the lock, which this holder has, so from then
+        on ``waiter`` is waiting for it."""
+        deadline = time.monotonic() + timeout
+        while not any(_points_to(fd, self.path) for fd in Path(f"/proc/{waiter.pid}/fd").glob("*")):
+            assert waiter.poll() is None, f"it ended (status {waiter.returncode}) without waiting for the lock"
+            assert time.monotonic() < deadline, f"it never opened {self.path} within {timeout:g}s"
+            time.sleep(0.02)
+
+    def release(self, timeout: float = 60) -> None:
+        """Let it run its ``then`` code and exit, which frees the lock."""
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        assert self.proc.wait(timeout=timeout) == 0, "the lock holder failed"
+
+
+def _points_to(link: Path, target: Path) -> bool:
+    try:
+        return os.readlink(link) == os.path.realpath(target)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def lock_held(path: Path, then: str = "", timeout: float = 30) -> Iterator[LockHolder]:
+    """A process that holds ``path``'s flock inside the block; on release it
+    first runs ``then`` (Python, with ``m`` the script loaded as a module),
+    still holding the lock.  Killed by its pid however the block ends."""
+    import subprocess
+
+    load = "import importlib.machinery\nm = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[2])\n"
+    code = _HOLD_LOCK + (load + "m = m.load_module()\n" + then if then else "")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(path), str(SCRIPT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], timeout)
+        assert ready and proc.stdout.readline() == "held\n", f"the lock holder never took {path}"
+        yield LockHolder(proc, path)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _stat(path: Path) -> tuple[str, list[str]] | None:
+    """(command name, the fields after it) of a /proc ``stat`` file; None once it is gone."""
+    try:
+        head, _, rest = path.read_text().rpartition(")")
+    except OSError:
+        return None
+    return head.partition("(")[2], rest.split()
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` (R, S, T, Z, ...); None once it is gone."""
+    found = _stat(Path(f"/proc/{pid}/stat"))
+    return found[1][0] if found else None
+
+
+def thread_states(pid: int) -> set[str]:
+    """The state letters of every thread of ``pid``: a stop reaches each on its own."""
+    found = (_stat(task) for task in Path(f"/proc/{pid}/task").glob("*/stat"))
+    return {f[1][0] for f in found if f}
+
+
+def children(parent: int, command: str | None = None) -> set[int]:
+    """Pids of ``parent``'s children (running ``command``, if given), as /proc shows them now."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        got = _stat(stat)
+        if got and int(got[1][1]) == parent and command in (None, got[0]):
+            found.add(int(stat.parent.name))
+    return found
+
+
+def aws_cli_arn(profile: str, env: dict[str, str] | None = None) -> str:
+    """Whom the real AWS CLI takes ``--profile PROFILE`` for (sts get-caller-identity)."""
+    import json
+    import subprocess
+
+    proc = subprocess.run(
+        ["aws", "sts", "get-caller-identity", "--profile", profile, "--output", "json"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return str(json.loads(proc.stdout)["Arn"])

@@ -293,16 +293,12 @@ def start_realm(users: dict[str, str] | None = None, *, kadmind: bool = False, r
 
 def session_realm() -> Iterator[Realm]:
     """Body of a session fixture: ``yield from session_realm()``.  Without
-    k5test a developer's run skips; in CI (CI set) it fails, and a missing
-    KDC fails everywhere rather than skipping silently."""
-    import pytest
+    k5test a developer's run skips; where every test must run (CI, see
+    conftest.require_module) it fails, and a missing KDC fails everywhere
+    rather than skipping silently."""
+    from conftest import require_module
 
-    try:
-        import k5test  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip("k5test not installed: pip install '.[test]'")
+    require_module("k5test")
     realm = start_realm()
     try:
         yield realm

@@ -20,19 +20,18 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import ROOT
+from conftest import REGION, ROOT, admin_profile, aws_client, children
 
 # The service needs the server extra, so it always runs from the checkout, never a built .pyz.
 SCRIPT = ROOT / "iam-sorry"
-ADMIN_KEY = ("AKIAADMINADMINADMIN1", "admin/secret/admin/secret/admin/secret00")
-REGION = "us-west-2"
 
 SQLITE = "sqlite:///audit/audit.db"
 
@@ -107,11 +106,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def admin_home(folder: Path) -> Path:
     """A HOME whose [aws-admin] profile is the fake account's administrator."""
     home = folder / "admin"
-    (home / ".aws").mkdir(parents=True, exist_ok=True)
-    creds = home / ".aws" / "credentials"
-    creds.write_text(f"[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n")
-    creds.chmod(0o600)
-    (home / ".aws" / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
+    admin_profile(home)
     return home
 
 
@@ -206,15 +201,9 @@ class Service:
 
     def worker_pid(self) -> int | None:
         """The pid of gunicorn's worker (the master's one child), or None."""
-        master = self.proc.pid if self.proc else None
-        for entry in Path("/proc").glob("[0-9]*"):
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if master is not None and int(fields[1]) == master:
-                return int(entry.name)
-        return None
+        if self.proc is None:
+            return None
+        return next(iter(children(self.proc.pid)), None)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -228,16 +217,7 @@ class Service:
 
     def arn_of(self, doc: dict[str, Any]) -> str:
         """Whom AWS (the moto server) takes credentials in credential_process JSON for."""
-        import boto3
-
-        sts = boto3.client(
-            "sts",
-            endpoint_url=self.moto_url,
-            region_name="us-west-2",
-            aws_access_key_id=doc["AccessKeyId"],
-            aws_secret_access_key=doc["SecretAccessKey"],
-            aws_session_token=doc.get("SessionToken"),
-        )
+        sts = aws_client(self.moto_url, "sts", doc["AccessKeyId"], doc["SecretAccessKey"], doc.get("SessionToken"))
         return str(sts.get_caller_identity()["Arn"])
 
     def client_env(self, user: str | None, **extra: str) -> dict[str, str]:
@@ -282,19 +262,12 @@ POLICIES = ("team-readonly", "sue-extra", "admin-all")
 
 def reset_aws(moto_url: str) -> Any:
     """An empty fake account with the POLICIES; the shim's counters and logs cleared."""
-    import boto3
     import moto_shim
 
     urllib.request.urlopen(urllib.request.Request(moto_url + "/moto-api/reset", method="POST")).read()
     shim = moto_shim.install()
     shim.reset()
-    iam = boto3.client(
-        "iam",
-        endpoint_url=moto_url,
-        region_name=REGION,
-        aws_access_key_id=ADMIN_KEY[0],
-        aws_secret_access_key=ADMIN_KEY[1],
-    )
+    iam = aws_client(moto_url, "iam")
     document = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:List*", "Resource": "*"}]}
     for name in POLICIES:
         iam.create_policy(PolicyName=name, PolicyDocument=json.dumps(document))
@@ -500,3 +473,55 @@ def audit_init(config: Path, owner_dsn: str | None) -> subprocess.CompletedProce
 
 def audit_verify(config: Path) -> subprocess.CompletedProcess[str]:
     return audit(config, "verify")
+
+
+# -- what the tests of the running service share ----------------------------------
+
+
+def admin(svc: Service, service: str = "iam") -> Any:
+    """The fake account's administrator, for looking behind the service's back."""
+    return aws_client(svc.moto_url, service)
+
+
+def keys_of(svc: Service, user: str) -> list[str]:
+    """The access keys AWS holds for ``user``, counted at moto."""
+    return [k["AccessKeyId"] for k in admin(svc).list_access_keys(UserName=user)["AccessKeyMetadata"]]
+
+
+def call(svc: Service, user: str | None, action: str, body: Any) -> tuple[int, Any]:
+    """POST /v1/ACTION as ``user`` (curl --negotiate): (status, JSON body)."""
+    status, _, doc = svc.curl(user, f"/v1/{action}", body)
+    return status, doc
+
+
+def ensure_user(svc: Service, name: str) -> None:
+    """IAM user ``name`` in sue's namespace, made by sue unless it is there already."""
+    status, doc = call(svc, "sue", "create-user", {"user": name})
+    assert status in (201, 409), doc
+
+
+def mint_in_flight(shim: Any, request: Callable[[], Any], timeout: float = 30) -> tuple[threading.Thread, list[Any]]:
+    """Run ``request`` (one that mints) in a thread; return the thread and
+    the list its answer will be put in, once AWS has seen its
+    CreateAccessKey: from then on the mint is under way."""
+    answer: list[Any] = []
+    worker = threading.Thread(target=lambda: answer.append(request()))
+    worker.start()
+    deadline = time.monotonic() + timeout
+    while shim.calls["CreateAccessKey"] == 0 and worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if shim.calls["CreateAccessKey"] != 1:
+        worker.join(180)
+        raise AssertionError(f"{shim.calls['CreateAccessKey']} CreateAccessKey calls instead of one; {answer}")
+    return worker, answer
+
+
+def assert_nothing_stored(svc: Service, shown: list[str]) -> None:
+    """None of ``shown`` (secrets, tokens) is in the service's SQLite audit
+    store, its write-ahead log included, or in its log."""
+    db = svc.folder / "audit" / "audit.db"
+    stored = db.read_bytes() + Path(f"{db}-wal").read_bytes()
+    log = svc.log_text()
+    for secret in shown:
+        assert secret.encode() not in stored, "a secret is in the audit store"
+        assert secret not in log, "a secret is in the log"

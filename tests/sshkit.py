@@ -46,11 +46,17 @@ def change_passphrase(path: Path, old: str, new: str) -> None:
 
 
 class Agent:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, env: dict[str, str] | None = None) -> None:
+        """``env``: more of the agent's own environment (SSH_ASKPASS for confirmations)."""
         self.folder = folder
         self.sock = str(folder / "agent.sock")
         out = subprocess.run(
-            ["ssh-agent", "-s", "-a", self.sock], check=True, capture_output=True, text=True, stdin=subprocess.DEVNULL
+            ["ssh-agent", "-s", "-a", self.sock],
+            check=True,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
         ).stdout
         self.pid = int(out.split("SSH_AGENT_PID=")[1].split(";")[0])
 

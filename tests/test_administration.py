@@ -7,7 +7,17 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REGION, FakeAws, assert_clean_error, bash, exported, hand_over, iamsorry, parse_handover, run_cli
+from conftest import (
+    REGION,
+    FakeAws,
+    assert_clean_error,
+    aws_cli_arn,
+    exported,
+    hand_over,
+    iamsorry,
+    parse_handover,
+    run_cli,
+)
 
 
 def test_delegation_once_and_the_manager_loses_write(manager: FakeAws) -> None:
@@ -60,9 +70,7 @@ def test_role_profile_works_with_the_aws_cli_and_eval(manager: FakeAws) -> None:
     assert {t["Key"]: t["Value"] for t in role["Tags"]} == {"owner": "sue", "delegated-by": "sue-mgr"}
     cfg = iamsorry.read_aws_config()["sue-lambda"]
     assert cfg == {"role_arn": role["Arn"], "source_profile": "sue", "region": REGION, "duration_seconds": "43200"}
-    out = bash("aws --profile sue-lambda sts get-caller-identity --output json")
-    assert out.returncode == 0, out.stderr
-    assert ":assumed-role/iam-sorry-sue-lambda/" in json.loads(out.stdout)["Arn"]
+    assert ":assumed-role/iam-sorry-sue-lambda/" in aws_cli_arn("sue-lambda")
     ev = run_cli("--eval", "sue-lambda", "--shell", "sh")
     assert ev.returncode == 0, ev.stderr
     env = dict(

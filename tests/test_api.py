@@ -4,7 +4,7 @@ server made strict by the identity shim, with a real ssh-agent."""
 from __future__ import annotations
 
 import pytest
-from conftest import FakeAws, iamsorry, run_cli
+from conftest import FakeAws, expire_profile, iamsorry, run_cli
 
 
 def test_python_api_mints_for_the_named_user(manager: FakeAws) -> None:
@@ -35,11 +35,11 @@ def test_boto3_session_refreshes_itself_mid_use(manager: FakeAws, monkeypatch: p
     assert sts.get_caller_identity()["Arn"].endswith("user/iam-sorry/sue")
     creds = session.get_credentials()
     first_key = creds.get_frozen_credentials().access_key
-    # Fifty-five minutes later, for botocore and for iam-sorry alike; the old
-    # session is dead at the server.
+    # Fifty-five minutes later: botocore's clock says so, the stored [sue]
+    # has run out, and the old session is dead at the server.
     skew = 55 * 60
-    monkeypatch.setattr(iamsorry, "now", lambda: __import__("time").time() + skew)
     monkeypatch.setattr(creds, "_time_fetcher", lambda: datetime.now(timezone.utc) + timedelta(seconds=skew))
+    expire_profile("sue")
     manager.shim.expire_sessions()
     identity = sts.get_caller_identity()
     assert identity["Arn"].endswith("user/iam-sorry/sue")

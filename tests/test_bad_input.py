@@ -12,7 +12,17 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_KEY, REGION, assert_clean_error, expire_profile, exported, hand_over, iamsorry, run_cli
+from conftest import (
+    ADMIN_KEY,
+    admin_profile,
+    assert_clean_error,
+    aws_client,
+    expire_profile,
+    exported,
+    hand_over,
+    iamsorry,
+    run_cli,
+)
 from sshkit import Agent, make_key
 
 
@@ -36,14 +46,17 @@ def world(moto_url: str, tmp_path_factory: pytest.TempPathFactory):
     moto_shim.install().reset()
     root = tmp_path_factory.mktemp("world")
     agent = Agent(root)
+    try:
+        yield _make_world(root, moto_url, agent)
+    finally:
+        agent.stop()
+
+
+def _make_world(root: Path, moto_url: str, agent: Agent) -> World:
+    """sue-mgr bootstrapped into ``root`` with a fresh [sue], and the role profiles the cases need."""
     key = make_key(root / ".ssh")
     agent.add(key)
-    aws_dir = root / ".aws"
-    aws_dir.mkdir()
-    (aws_dir / "credentials").write_text(
-        f"[aws-admin]\naws_access_key_id = {ADMIN_KEY[0]}\naws_secret_access_key = {ADMIN_KEY[1]}\n"
-    )
-    (aws_dir / "config").write_text(f"[profile aws-admin]\nregion = {REGION}\n")
+    aws_dir = admin_profile(root)
     w = World(root, moto_url, agent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     key = hand_over(env={**env, **w.env})
@@ -62,8 +75,7 @@ def world(moto_url: str, tmp_path_factory: pytest.TempPathFactory):
         "\n[profile sue-odd]\nrole_arn = arn:aws:iam::123456789012:role/iam-sorry-sue-odd\n"
         "source_profile = sue\nduration_seconds = an hour\n"
     )
-    yield w
-    agent.stop()
+    return w
 
 
 def _expired(home: Path) -> None:
@@ -101,23 +113,22 @@ def _not_utf8(home: Path) -> None:
 
 def _no_key_in_agent(home: Path) -> dict[str, str]:
     other = Agent(home)  # an agent holding some other key
-    other.add(make_key(home / "elsewhere", "other"))
+    try:
+        other.add(make_key(home / "elsewhere", "other"))
+    except BaseException:
+        other.stop()
+        raise
     return {"SSH_AUTH_SOCK": other.sock, "_STOP_AGENT": str(other.pid)}
 
 
 def _expired_session_env(home: Path) -> dict[str, str]:
     """Session credentials of the manager, expired: what a user who exported
     yesterday's temporary keys would have."""
-    import boto3
     import moto_shim
 
     values = iamsorry.read_aws_credentials(auto_decrypt=True)["sue-mgr"]
-    sts = boto3.client(
-        "sts",
-        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
-        region_name=REGION,
-        aws_access_key_id=values["aws_access_key_id"],
-        aws_secret_access_key=values["aws_secret_access_key"],
+    sts = aws_client(
+        os.environ["AWS_ENDPOINT_URL"], "sts", values["aws_access_key_id"], values["aws_secret_access_key"]
     )
     c = sts.get_session_token(DurationSeconds=900)["Credentials"]
     moto_shim.install().expire_sessions()
@@ -132,29 +143,13 @@ def _expired_session_env(home: Path) -> dict[str, str]:
 
 
 def _revoke(home: Path) -> None:
-    import boto3
-
-    iam = boto3.client(
-        "iam",
-        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
-        region_name=REGION,
-        aws_access_key_id=ADMIN_KEY[0],
-        aws_secret_access_key=ADMIN_KEY[1],
-    )
+    iam = aws_client(os.environ["AWS_ENDPOINT_URL"], "iam")
     for key in iam.list_access_keys(UserName="sue-mgr")["AccessKeyMetadata"]:
         iam.update_access_key(UserName="sue-mgr", AccessKeyId=key["AccessKeyId"], Status="Inactive")
 
 
 def _reinstate() -> None:
-    import boto3
-
-    iam = boto3.client(
-        "iam",
-        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
-        region_name=REGION,
-        aws_access_key_id=ADMIN_KEY[0],
-        aws_secret_access_key=ADMIN_KEY[1],
-    )
+    iam = aws_client(os.environ["AWS_ENDPOINT_URL"], "iam")
     keys = iam.list_access_keys(UserName="sue-mgr")["AccessKeyMetadata"]
     newest = max(keys, key=lambda k: k["CreateDate"])
     iam.update_access_key(UserName="sue-mgr", AccessKeyId=newest["AccessKeyId"], Status="Active")
@@ -222,12 +217,13 @@ def test_bad_input(
         if key != "HOME":
             monkeypatch.setenv(key, value)
     extra = {k: v.format(home=private_home) for k, v in extra_env.items()}
-    made = setup(private_home) if setup else None
-    if isinstance(made, dict):
-        extra.update(made)
-    stop = extra.pop("_STOP_AGENT", None)
-    before = _snapshot(private_home / ".aws")
-    try:
+    stop = None
+    try:  # whatever the setup started or changed is undone however this ends
+        made = setup(private_home) if setup else None
+        if isinstance(made, dict):
+            extra.update(made)
+        stop = extra.pop("_STOP_AGENT", None)
+        before = _snapshot(private_home / ".aws")
         proc = run_cli(*argv, env=extra, timeout=30)
     finally:
         if stop:

@@ -3,9 +3,12 @@ server made strict by the identity shim, with a real ssh-agent."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import (
@@ -156,17 +159,28 @@ def test_bootstrap_store_failure_leaves_the_exported_key(
 def test_bootstrap_verify_failure_restores_the_file(
     aws: FakeAws, ed25519: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The read-back check is the last line of defence; simulate a file that
-    does not read back as written."""
-    _bootstrap_with_fault(
-        aws,
-        monkeypatch,
-        iamsorry,
-        "open_sealed",
-        lambda value, field, secret: "garbage",
-        iamsorry.CryptoError,
-        "does not match",
-    )
+    """The read-back check is the last line of defence: a disk that, once,
+    hands back another value than was written, one sealed as well as the
+    real one.  The file itself holds what was written, so every byte of it
+    is put back."""
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    other = iamsorry.seal("AKIAGARBAGEGARBAGE01", "aws_access_key_id", fp, iamsorry.key_secret(fp))
+    written: list[str] = []
+    real_replace = os.replace
+
+    def replace(src: str, dst: str) -> None:
+        real_replace(src, dst)
+        if str(dst).endswith("credentials") and "__encrypted__" in Path(dst).read_text():
+            written.append(str(dst))  # the next read of it goes wrong
+
+    def read(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if written and str(file) == written[-1] and mode == "rb":
+            text = Path(written.pop()).read_text()
+            return io.BytesIO(re.sub(r"(?m)^(aws_access_key_id = )__encrypted__:\S+", rf"\g<1>{other}", text).encode())
+        return open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(iamsorry, "open", read, raising=False)  # the builtin, as the script's module sees it
+    _bootstrap_with_fault(aws, monkeypatch, os, "replace", replace, iamsorry.CryptoError, "does not match")
 
 
 def test_bootstrap_config_write_failure_leaves_no_dead_key(

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import REGION, ROOT, FakeAws, iamsorry, parse_handover
+from conftest import REGION, ROOT, FakeAws, iamsorry, needs_root, parse_handover, run_all
 
 BUILD_PY = ROOT / "build.py"
 # Builds may use the real HOME for pip's cache and configuration (index
@@ -60,21 +60,13 @@ def sha256(path: Path) -> str:
 def builds(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Two complete host builds of the work tree, made concurrently."""
     base = tmp_path_factory.mktemp("builds")
-    procs = {}
-    for name in ("a", "b"):
-        cmd = [
-            sys.executable,
-            str(BUILD_PY),
-            "--dist",
-            str(base / name / "dist"),
-            "--build-dir",
-            str(base / name / "build"),
-        ]
-        procs[name] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=BUILD_ENV)
-    for name, proc in procs.items():
-        out, _ = proc.communicate(timeout=900)
-        (base / f"{name}.log").write_text(out)
-        assert proc.returncode == 0, out[-6000:]
+    cmds = [
+        [sys.executable, str(BUILD_PY), "--dist", str(base / name / "dist"), "--build-dir", str(base / name / "build")]
+        for name in ("a", "b")
+    ]
+    for name, proc in zip(("a", "b"), run_all(cmds, timeout=900, env=BUILD_ENV, merge=True)):
+        (base / f"{name}.log").write_text(proc.stdout)
+        assert proc.returncode == 0, proc.stdout[-6000:]
     return {
         "a": base / "a" / "dist" / "iam-sorry.pyz",
         "b": base / "b" / "dist" / "iam-sorry.pyz",
@@ -173,17 +165,8 @@ def test_shebang_run_uses_python3_from_path(pyz: Path, bare_python: Path, tmp_pa
 
 def test_twenty_concurrent_first_runs(pyz: Path, bare_python: Path, tmp_path: Path) -> None:
     env = node_env(tmp_path)
-    procs = [
-        subprocess.Popen(
-            [str(bare_python), str(pyz), "--version"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-        )
-        for _ in range(20)
-    ]
-    results = [(*proc.communicate(timeout=300), proc.returncode) for proc in procs]
+    done = run_all([[str(bare_python), str(pyz), "--version"]] * 20, timeout=300, env=env)
+    results = [(proc.stdout, proc.stderr, proc.returncode) for proc in done]
     assert all(code == 0 for _, _, code in results), [err for _, err, _ in results if err][:3]
     assert len({out for out, _, _ in results}) == 1
     extracted = [p.name for p in (tmp_path / "shiv").iterdir() if not p.name.startswith(".")]
@@ -254,7 +237,6 @@ def test_old_extractions_are_removed(pyz: Path, bare_python: Path, tmp_path: Pat
 # CI, "ours" means root's; the planted folders belong to nobody (65534).
 
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.getuid() != 0, reason="folders of another uid need root")
 
 
 def extraction_name(pyz: Path) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_clean_error, iamsorry, run_cli, run_in_pty
-from sshkit import PASSPHRASE, change_passphrase, make_key
+from sshkit import PASSPHRASE, Agent, change_passphrase, make_key
 
 MANAGER = "[sue-mgr]\naws_access_key_id = AKIAMANAGERKEY000001\naws_secret_access_key = manager/secret+KEY\n"
 
@@ -414,19 +414,21 @@ def test_the_agent_signs_with_the_key_that_sealed_the_value(
         assert iamsorry.key_secret(KAT[name]["fingerprint"]) == _vector_secret(name)
 
 
-def test_without_an_agent_a_key_file_of_another_key_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_an_agent_a_key_file_of_another_key_is_refused(
+    private_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI in a session of its own, as run_cli runs it: no agent, and no terminal to ask on."""
     keys = _vector_keys(tmp_path, "ed25519", "rsa3072")
-    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
     for wanted, other in (("ed25519", "rsa3072"), ("rsa3072", "ed25519")):
         fp = KAT[wanted]["fingerprint"]
-        not_it = re.escape(f"and {keys[other]} is not the key {fp}")
-        with pytest.raises(iamsorry.AgentError, match="no ssh-agent.*" + not_it):
-            iamsorry.key_secret(fp, str(keys[other]))
+        _creds(private_home, "[vec]\n" + "".join(f"{f} = {v}\n" for f, v in KAT[wanted]["sealed"].items()))
+        show = ("--show-decrypted", "vec", "--ssh-key", str(keys[other]))
+        assert_clean_error(
+            run_cli(*show), f"no ssh-agent is running (SSH_AUTH_SOCK is not set); and {keys[other]} is not the key {fp}"
+        )
         # the file alone, its .pub gone: the passphrase would be asked, and there is no terminal
         os.rename(f"{keys[other]}.pub", f"{keys[other]}.pub.away")
-        no_tty = re.escape(f"no terminal to ask for the passphrase of {keys[other]}")
-        with pytest.raises(iamsorry.AgentError, match=no_tty):
-            iamsorry.key_secret(fp, str(keys[other]))
+        assert_clean_error(run_cli(*show), f"no terminal to ask for the passphrase of {keys[other]}")
         os.rename(f"{keys[other]}.pub.away", f"{keys[other]}.pub")
         monkeypatch.setattr("getpass.getpass", lambda prompt="": PASSPHRASE)
         with pytest.raises(iamsorry.SshKeyError, match=re.escape(f"is not the key {fp}")):
@@ -436,24 +438,32 @@ def test_without_an_agent_a_key_file_of_another_key_is_refused(tmp_path: Path, m
 def test_without_an_agent_the_default_key_path_is_used(
     private_home: Path, ed25519: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    fp = iamsorry.resolve_ssh_key().fingerprint
+    _creds(private_home)
+    sealed = run_cli("--profile", "sue-mgr", "--encrypt")
+    assert sealed.returncode == 0, sealed.stderr
     monkeypatch.delenv("SSH_AUTH_SOCK")
-    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
-    with pytest.raises(iamsorry.AgentError, match=f"no terminal to ask for the passphrase of {ed25519}"):
-        iamsorry.key_secret(fp)
+    assert_clean_error(run_cli("--show-decrypted", "sue-mgr"), f"no terminal to ask for the passphrase of {ed25519}")
 
 
-def test_an_agent_failing_to_sign_falls_back_and_says_why(
-    private_home: Path, ed25519: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def broken(self: object, key: object, data: bytes) -> bytes:
-        raise iamsorry.AgentError("ssh-agent signed with ssh-rsa instead of rsa-sha2-256")
-
-    fp = iamsorry.resolve_ssh_key().fingerprint
-    monkeypatch.setattr(iamsorry._Agent, "sign", broken)
-    monkeypatch.setattr(iamsorry, "_has_tty", lambda: False)
-    with pytest.raises(iamsorry.AgentError, match="instead of rsa-sha2-256; and there is no terminal"):
-        iamsorry.key_secret(fp, str(ed25519))
+def test_an_agent_failing_to_sign_falls_back_and_says_why(private_home: Path, ed25519: Path, tmp_path: Path) -> None:
+    """An agent that holds the key but will not sign with it: the key needs
+    a confirmation (ssh-add -c), and the agent's askpass always says no."""
+    _creds(private_home)
+    sealed = run_cli("--profile", "sue-mgr", "--encrypt")
+    assert sealed.returncode == 0, sealed.stderr
+    say_no = tmp_path / "say-no"
+    say_no.write_text("#!/bin/sh\nexit 1\n")
+    say_no.chmod(0o700)
+    (tmp_path / "refusing").mkdir()
+    refusing = Agent(
+        tmp_path / "refusing", env={"SSH_ASKPASS": str(say_no), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+    )
+    try:
+        refusing.add(ed25519, "-c")
+        proc = run_cli("--show-decrypted", "sue-mgr", env=refusing.env)
+    finally:
+        refusing.stop()
+    assert_clean_error(proc, "ssh-agent refused to sign with", "(ssh-add -c); and there is no terminal to ask")
 
 
 @pytest.mark.parametrize(

@@ -3,41 +3,44 @@ behind: no ssh-agent, no throwaway HOME."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from conftest import process_state
+
 DEMO = Path(__file__).resolve().parent / "demo.py"
 
 
-def _alive(pid: int) -> bool:
-    """Running, as opposed to gone or a zombie waiting for init to reap it
-    (the agent daemonizes, so neither the demo nor this test is its parent)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def test_demo_plays_the_quick_start_and_cleans_up() -> None:
-    # conftest gave us a private HOME and no AWS_* or SSH_AUTH_SOCK; --no-install: this Python has the test extra.
+def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
+    """The demo as a user runs it; conftest gave us a private HOME and no
+    AWS_* or SSH_AUTH_SOCK; --no-install: this Python has the test extra."""
     proc = subprocess.run(
-        [sys.executable, str(DEMO), "--no-install"],
+        [sys.executable, str(DEMO), *args, "--no-install"],
         capture_output=True,
         text=True,
         timeout=300,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def assert_gone(pid: int) -> None:
+    """Process ``pid`` ends within 5 s: gone, or a zombie waiting for init
+    to reap it (the daemons detach, so neither the demo nor this test is
+    their parent)."""
+    deadline = time.monotonic() + 5
+    while process_state(pid) not in (None, "Z") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert process_state(pid) in (None, "Z"), f"the demo left {pid} running"
+
+
+def test_demo_plays_the_quick_start_and_cleans_up() -> None:
+    proc = run_demo()
     assert "\n$ iam-sorry --profile aws-admin --create-iam-sorry sue-mgr\n" in proc.stdout
     assert "\033[" not in proc.stdout  # not a terminal: no bold
     assert "arn:aws:iam::123456789012:user/iam-sorry/sue" in proc.stdout
@@ -46,25 +49,12 @@ def test_demo_plays_the_quick_start_and_cleans_up() -> None:
     agent = re.search(r"ssh-agent pid (\d+)", proc.stdout)
     home = re.search(r"Throwaway HOMEs under (\S+)", proc.stdout)
     assert agent and home, proc.stdout
-    pid, root = int(agent.group(1)), Path(home.group(1))
-    assert not root.exists()
-    deadline = time.monotonic() + 5
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _alive(pid), f"the demo's ssh-agent {pid} is still running"
+    assert not Path(home.group(1)).exists()
+    assert_gone(int(agent.group(1)))
 
 
 def test_the_service_demo_plays_the_department_flow_and_cleans_up() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(DEMO), "--service", "--no-install"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out
+    proc = run_demo("--service")
     for expected in (
         "\n$ cd ",  # the administrator's steps run in the service's folder
         "iam-sorry-service.sue created",
@@ -81,7 +71,4 @@ def test_the_service_demo_plays_the_department_flow_and_cleans_up() -> None:
     assert server and kdc and home, proc.stdout
     assert not Path(home.group(1)).exists()
     for pid in (int(server.group(1)), int(kdc.group(1))):
-        deadline = time.monotonic() + 5
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not _alive(pid), f"the demo left {pid} running"
+        assert_gone(pid)

@@ -15,6 +15,7 @@ from conftest import (
     REGION,
     FakeAws,
     assert_clean_error,
+    aws_cli_arn,
     creds_file,
     exported,
     hand_over,
@@ -124,18 +125,12 @@ def test_credential_process_with_the_real_aws_cli(manager: FakeAws) -> None:
     doc = json.loads(run_cli("--credential-process", "sue").stdout)
     assert set(doc) == {"Version", "AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"}
     assert doc["Version"] == 1 and doc["Expiration"].endswith("Z")
-    env = {**os.environ, "AWS_REGION": REGION}
-    ask = ["aws", "sts", "get-caller-identity", "--profile", "sue-auto", "--output", "json"]
-    first = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=120)
-    assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout)["Arn"] == "arn:aws:iam::123456789012:user/iam-sorry/sue"
+    assert aws_cli_arn("sue-auto", {"AWS_REGION": REGION}) == "arn:aws:iam::123456789012:user/iam-sorry/sue"
     with iamsorry.Store().edit() as s:  # [sue] runs out; the next AWS CLI call must still work
         s.creds.set("sue", {"expiration": "2020-01-01T00:00:00Z"})
     manager.shim.expire_sessions()
     manager.shim.reset_calls()
-    again = subprocess.run(ask, capture_output=True, text=True, env=env, timeout=120)
-    assert again.returncode == 0, again.stderr
-    assert json.loads(again.stdout)["Arn"] == "arn:aws:iam::123456789012:user/iam-sorry/sue"
+    assert aws_cli_arn("sue-auto", {"AWS_REGION": REGION}) == "arn:aws:iam::123456789012:user/iam-sorry/sue"
     assert manager.shim.calls["GetSessionToken"] == 1
 
 

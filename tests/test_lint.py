@@ -4,23 +4,22 @@ banners, public API in __all__, no boto3 at import time."""
 from __future__ import annotations
 
 import ast
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, SCRIPT, iamsorry
+from conftest import ROOT, SCRIPT, iamsorry, require_module, require_program
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
 def test_ruff_is_clean() -> None:
+    require_program("ruff")
     proc = subprocess.run(["ruff", "check", "."], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.skipif(shutil.which("ruff") is None, reason="ruff not installed")
 def test_ruff_format_is_clean() -> None:
     """One layout for the script, build.py and the tests: ruff format's."""
+    require_program("ruff")
     proc = subprocess.run(
         ["ruff", "format", "--check", "iam-sorry", "build.py", "tests"], cwd=ROOT, capture_output=True, text=True
     )
@@ -28,7 +27,7 @@ def test_ruff_format_is_clean() -> None:
 
 
 def test_mypy_is_clean() -> None:
-    pytest.importorskip("mypy")
+    require_module("mypy")
     proc = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

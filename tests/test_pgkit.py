@@ -12,8 +12,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import require_module
 
-psycopg = pytest.importorskip("psycopg", reason="psycopg is in the [server] extra")
+psycopg = require_module("psycopg")  # in the [server] extra
 
 OWNER, APP, DB = "pgkit_owner", "pgkit_app", "pgkit_audit"
 SCHEMA = """

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, FakeAws, assert_key_ids_masked, expire_profile, iamsorry, run_cli
+from conftest import SCRIPT, FakeAws, assert_key_ids_masked, expire_profile, iamsorry, lock_held, run_all, run_cli
 
 COMMENTS = "# hand-written: keep me\n; and me\n"
 
@@ -56,8 +56,8 @@ def test_forty_parallel_evals_mint_once(manager: FakeAws) -> None:
     names, sealed = _decorate(manager.home)
     expire_profile()
     manager.shim.reset_calls()
-    procs = [_spawn("--eval", "sue") for _ in range(40)]
-    results = [(p.wait(timeout=240), p.stdout.read(), p.stderr.read()) for p in procs]  # type: ignore[union-attr]
+    done = run_all([[sys.executable, str(SCRIPT), "--eval", "sue"]] * 40, timeout=300)
+    results = [(p.returncode, p.stdout, p.stderr) for p in done]
     for _, out, err in results:
         assert_key_ids_masked(out, err)
     assert all(code == 0 for code, _, _ in results), [err for code, _, err in results if code][:3]
@@ -132,12 +132,17 @@ def test_interrupted_mint_deletes_its_temporary_key(manager: FakeAws, sig: int) 
     manager.shim.propagation_delay = 60  # park the process inside the mint, key created
     manager.shim.reset_calls()
     proc = _spawn("--eval", "sue")
-    _await_first_session_token(manager, proc)
-    assert len(manager.key_status("sue")) == 1
-    os.killpg(proc.pid, sig)
-    code = proc.wait(timeout=60)
+    try:
+        _await_first_session_token(manager, proc)
+        assert len(manager.key_status("sue")) == 1
+        os.killpg(proc.pid, sig)
+        code = proc.wait(timeout=60)
+    finally:  # parked in the mint for a minute unless the signal ended it
+        manager.shim.propagation_delay = 0
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     stderr = proc.stderr.read()  # type: ignore[union-attr]
-    manager.shim.propagation_delay = 0
     assert_key_ids_masked(proc.stdout.read(), stderr)  # type: ignore[union-attr]
     assert code == 130 and "interrupted" in stderr and "Traceback" not in stderr
     assert manager.key_status("sue") == {}
@@ -145,42 +150,36 @@ def test_interrupted_mint_deletes_its_temporary_key(manager: FakeAws, sig: int) 
     assert set(iamsorry.read_aws_credentials()) >= {"sue", "sue-mgr"}
 
 
+_FRESH_SUE = (  # what the refresher holding the lock writes before it lets go
+    "s = m.Store().load()\n"
+    "s.creds.set('sue', {'aws_access_key_id': 'ASIAFRESHFRESHFRESH1', 'expiration': '2099-01-01T00:00:00Z'})\n"
+    "m.atomic_write(s.creds_path, s.creds.text(), True)\n"
+)
+
+
 def test_a_job_without_an_agent_reuses_a_refresh_in_progress(manager: FakeAws, tmp_path: Path) -> None:
     """Compute nodes often have no agent: a job that finds [sue] stale while
     another process refreshes it waits on the lock and takes the result,
-    instead of failing for want of the manager key."""
+    instead of failing for want of the manager key.  The refresher lets go
+    only once the job is seen waiting."""
     expire_profile()
-    lock = manager.home / ".aws" / "credentials.lock"
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import fcntl, os, sys, time, importlib.machinery\n"
-                "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
-                "fd = os.open(sys.argv[2], os.O_RDWR | os.O_CREAT, 0o600)\n"
-                "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(2)\n"
-                "s = m.Store().load()\n"
-                "s.creds.set('sue', {'aws_access_key_id': 'ASIAFRESHFRESHFRESH1',\n"
-                "                    'expiration': '2099-01-01T00:00:00Z'})\n"
-                "m.atomic_write(s.creds_path, s.creds.text(), True)\n"
-            ),
-            str(SCRIPT),
-            str(lock),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--eval", "sue"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        start_new_session=True,
-    )
-    holder.wait(timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    assert "ASIAFRESHFRESHFRESH1" in proc.stdout
+    with lock_held(manager.home / ".aws" / "credentials.lock", then=_FRESH_SUE) as holder:
+        job = subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--eval", "sue"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            holder.await_waiter(job)
+            holder.release()
+            out, err = job.communicate(timeout=60)
+        finally:
+            if job.poll() is None:
+                os.killpg(job.pid, signal.SIGKILL)
+            job.wait()
+    assert job.returncode == 0, err
+    assert "ASIAFRESHFRESHFRESH1" in out

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import servicekit
-from conftest import SCRIPT, FakeAws, assert_clean_error, iamsorry, run_cli
+from conftest import FakeAws, assert_clean_error, exported, hand_over, iamsorry, run_bare, run_cli
 from test_policies import blocking_problems, evaluate, findings_of, owned, run_parliament, severity_problems
 
 ACCT = "123456789012"
@@ -370,22 +371,21 @@ def test_the_service_commands_take_their_own_options(checked: Path) -> None:
     assert_clean_error(run_cli("--since", "1d"), "--since belongs to iam-sorry audit list")
 
 
-def test_a_user_named_like_a_command_can_still_be_minted(private_home: Path) -> None:
+def test_a_user_named_like_a_command_can_still_be_minted(aws: FakeAws, ed25519: Path) -> None:
     args = iamsorry.parse_args(["--duration", "2", "serve"])
     assert (args.action, args.name) == ("mint", "serve")
-    shutil.rmtree(private_home, ignore_errors=True)
+    boot = run_cli(env=exported(hand_over("serve-mgr")))  # the namespace serve, and its user serve
+    assert boot.returncode == 0, boot.stderr
+    before = time.time()
+    proc = run_cli("--duration", "2", "serve")
+    assert proc.returncode == 0, proc.stderr
+    profile = aws.profiles()["serve"]
+    assert aws.whoami(profile).endswith(":user/iam-sorry/serve")
+    assert before + 2 * 3600 - 120 < iamsorry.parse_time(profile["expiration"]) <= time.time() + 2 * 3600
 
 
 def test_without_the_server_extra_serve_says_what_to_install(checked: Path) -> None:
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-S", str(SCRIPT), "serve", "--config", str(checked)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = run_bare("serve", "--config", str(checked), env={})
     assert_clean_error(proc, "the service needs gunicorn", "pip install 'iam-sorry[server]'")
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SCRIPT, FakeAws, assert_clean_error, creds_file, iamsorry, run_cli
+from conftest import SCRIPT, FakeAws, assert_clean_error, creds_file, iamsorry, lock_held, run_all, run_cli
 
 NASTY = (
     "# my credentials, hand-edited\r\n"
@@ -264,8 +264,8 @@ m.update_profile_credentials(name, {'AccessKeyId': 'ASIA' + name.upper().ljust(1
 def test_fifty_parallel_writers_lose_nothing(private_home: Path) -> None:
     path = creds_file(private_home)
     path.write_text("# keep\n[base]\naws_access_key_id = AKIABASEBASEBASEBAS1\naws_secret_access_key = b\n")
-    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(SCRIPT), f"p{i}"]) for i in range(50)]
-    assert all(p.wait(timeout=120) == 0 for p in procs)
+    done = run_all([[sys.executable, "-c", _WRITER, str(SCRIPT), f"p{i}"] for i in range(50)], timeout=300)
+    assert [p.returncode for p in done] == [0] * 50, [p.stderr for p in done if p.returncode][:3]
     profiles = iamsorry.read_aws_credentials()
     assert set(profiles) == {"base"} | {f"p{i}" for i in range(50)}
     assert path.read_text().startswith("# keep\n[base]\n")
@@ -301,10 +301,13 @@ def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> No
     mid_write = 0  # kills that landed between a temp file's creation and its rename
     for _ in range(100):
         proc = subprocess.Popen([sys.executable, "-c", _LOOPER, str(SCRIPT)], stdout=subprocess.PIPE)
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-        time.sleep(rng.uniform(0, 0.03))
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait() == -signal.SIGKILL  # it was still writing, not dead of an error
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+            time.sleep(rng.uniform(0, 0.03))
+        finally:  # it writes for ever: killed whatever happened
+            proc.send_signal(signal.SIGKILL)
+            code = proc.wait()
+        assert code == -signal.SIGKILL  # it was still writing, not dead of an error
         mid_write += proc.stdout.read().endswith(b"c")
         profiles = iamsorry.read_aws_credentials()
         assert {f"keep{i}" for i in range(20)} <= set(profiles)
@@ -316,26 +319,9 @@ def test_writer_killed_at_random_points_never_corrupts(private_home: Path) -> No
 
 def test_lock_times_out_with_a_message_naming_the_lock(private_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     creds_file(private_home)
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            (
-                "import fcntl, os, sys, time\n"
-                "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)\n"
-                "fcntl.flock(fd, fcntl.LOCK_EX)\nprint('held', flush=True)\ntime.sleep(30)\n"
-            ),
-            str(private_home / ".aws" / "credentials.lock"),
-        ],
-        stdout=subprocess.PIPE,
-    )
-    assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
-    try:
+    with lock_held(private_home / ".aws" / "credentials.lock"):  # killed (SIGKILL) at the end of the block
         proc = run_cli("--fix-profiles", env={"IAM_SORRY_LOCK_TIMEOUT": "0.5"})
         assert_clean_error(proc, "credentials.lock", "timed out")
-    finally:
-        holder.kill()
-        holder.wait()
     # A dead holder blocks no one.
     assert run_cli("--fix-profiles", env={"IAM_SORRY_LOCK_TIMEOUT": "5"}).returncode == 0
 

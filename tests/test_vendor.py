@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import ADMIN_KEY, ROOT, SCRIPT, FakeAws, assert_clean_error, iamsorry, parse_handover
+from conftest import ADMIN_KEY, ROOT, SCRIPT, FakeAws, assert_clean_error, iamsorry, needs_root, parse_handover
 
 MARKER = "iam-sorry-vendor.json"
 HERE_PYTHON = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -312,7 +312,6 @@ def test_shiv_extractions_others_could_write_are_never_imported(tmp_path: Path, 
 
 
 NOBODY = 65534
-needs_root = pytest.mark.skipif(os.getuid() != 0, reason="folders of another uid need root")
 
 
 @needs_root
