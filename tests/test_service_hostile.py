@@ -267,3 +267,40 @@ def test_limits_are_read_and_checked(tmp_path: Any) -> None:
     ]:
         with pytest.raises(iamsorry.UsageError, match=needle.replace("[", r"\[").replace(".", r"\.")):
             load(bad)
+
+
+def test_an_unauthenticated_sign_in_cannot_write_escapes_or_bulk_into_the_audit(
+    svc: servicekit.Service, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The principal a sign-in names is recorded before anything is checked:
+    a stranger's 60 KB of terminal escapes must not reach the trail as they
+    are, nor ``audit list`` on the administrator's terminal."""
+    import json
+
+    from sshkit import make_key
+    from test_sshsig import keygen_sign, public
+
+    folder = tmp_path_factory.mktemp("escapes")
+    listed, stranger = make_key(folder, "listed", passphrase=""), make_key(folder, "stranger", passphrase="")
+    alone = servicekit.sibling(svc, folder / "svc", 'allowed_signers = "allowed_signers"')
+    (alone.folder / "allowed_signers").write_text(f"sue@{svc.realm.realm} {public(listed)}\n")
+    try:
+        alone.start()
+        status, _, doc = alone.curl(None, "/v1/login/nonce", {}, negotiate=False)
+        assert status == 200, doc
+        hostile = "\x1b]0;pwn\x07\x1b[2J" + "A" * 60000
+        sent = {"challenge": doc["challenge"], "signature": keygen_sign(stranger, doc["challenge"].encode())}
+        status, _, doc = alone.curl(None, "/v1/login/ssh", {**sent, "principal": hostile}, negotiate=False)
+        assert status == 401, doc
+    finally:
+        alone.stop()
+    listed_text = servicekit.audit(alone.config, "list")
+    assert listed_text.returncode == 0, listed_text.stderr
+    assert "login/ssh" in listed_text.stdout
+    assert "\x1b" not in listed_text.stdout and "\x07" not in listed_text.stdout
+    assert max(len(line) for line in listed_text.stdout.splitlines()) <= 1000
+    entries = json.loads(servicekit.audit(alone.config, "list", "--json").stdout)
+    newest = max(entries, key=lambda e: e["seq"])
+    assert newest["action"] == "login/ssh" and newest["status"] == 401
+    assert len(newest["target"]) <= 256 and newest["target"].isprintable(), newest["target"][:100]
+    assert servicekit.audit_verify(alone.config).returncode == 0
