@@ -21,6 +21,7 @@ from conftest import (
     SCRIPT,
     assert_clean_error,
     aws_cli_arn,
+    creds_file,
     expire_profile,
     iamsorry,
     require_module,
@@ -278,3 +279,132 @@ def test_the_client_follows_no_redirect(svc: servicekit.Service, tmp_path: Path)
             server.shutdown()
             server.server_close()
     assert followed == []
+
+
+GOOD_ANSWER = {
+    "Version": 1,
+    "AccessKeyId": "ASIAHOSTILEHOSTILE01",
+    "SecretAccessKey": "s3cr3t/s3cr3t+s3cr3t/s3cr3t+s3cr3t/s3cr3",
+    "SessionToken": "FQoGZXIvYXdzEBYaD" + "A" * 300,
+    "Expiration": "2099-01-01T00:00:00Z",
+}
+
+
+class HostileBroker:
+    """A broker that answers what a test chooses, over TLS on localhost.  A
+    Kerberos client insists on the broker's mutual-authentication token:
+    this one gets it by passing the client's ticket on to the real service
+    (a broker in the middle, with a certificate the client trusts), then
+    answers in its own words."""
+
+    def __init__(self, svc: servicekit.Service, folder: Path) -> None:
+        import http.server
+        import ssl
+
+        self.svc, self.status, self.body, self.length = svc, 200, b"{}", None
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                owner.answer(self)
+
+            def do_GET(self) -> None:
+                owner.answer(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        folder.mkdir()
+        _, cert, key = servicekit.make_tls(folder)
+        self.ca = folder / "ca.pem"
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(str(cert), str(key))
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://localhost:{self.server.server_address[1]}"
+
+    def vouch(self, authorization: str) -> str:
+        """The real service's answer token to the client's ticket."""
+        import urllib.request
+
+        request = urllib.request.Request(self.svc.url + "/v1/whoami", headers={"Authorization": authorization})
+        with urllib.request.urlopen(request, context=self.svc.tls(), timeout=30) as reply:
+            return str(reply.headers["WWW-Authenticate"])
+
+    def answer(self, handler: Any) -> None:
+        handler.send_response(self.status)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(self.length or len(self.body)))
+        if self.status == 200:
+            handler.send_header("WWW-Authenticate", self.vouch(handler.headers["Authorization"]))
+        handler.end_headers()
+        try:
+            if self.length is None:
+                handler.wfile.write(self.body)
+            else:  # the claimed length, in chunks, until the client hangs up
+                sent = 0
+                while sent < self.length:
+                    handler.wfile.write(self.body)
+                    sent += len(self.body)
+        except OSError:
+            pass
+
+    def __enter__(self) -> HostileBroker:
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def hostile(svc: servicekit.Service, tmp_path: Path) -> Iterator[HostileBroker]:
+    with HostileBroker(svc, tmp_path / "hostile") as broker:
+        yield broker
+
+
+def eval_through(broker: HostileBroker) -> Any:
+    env = {**env_of(broker.svc), "IAM_SORRY_CA_BUNDLE": str(broker.ca), "IAM_SORRY_BROKER": broker.url}
+    return run_cli("--eval", "sue", env=env)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("SessionToken", 12345),
+        ("SessionToken", "FQoG\u2028[prod]\u2028aws_access_key_id = AKIAEVILEVILEVILEVIL"),
+        ("SessionToken", "FQoG'$(touch /tmp/x)'AAAAAAAAAAAAAAAA"),
+        ("AccessKeyId", ["ASIAHOSTILEHOSTILE01"]),
+        ("SecretAccessKey", "secret\nwith a line break in it"),
+        ("Expiration", 4102444800),
+        ("Expiration", "tomorrow, probably"),
+    ],
+)
+def test_credentials_a_broker_sends_must_have_the_form_of_aws_credentials(
+    hostile: HostileBroker, private_home: Path, field: str, value: Any
+) -> None:
+    hostile.body = json.dumps(GOOD_ANSWER).encode()
+    proc = eval_through(hostile)  # the control: this broker passes for a real one
+    assert proc.returncode == 0 and f"export AWS_SESSION_TOKEN='{GOOD_ANSWER['SessionToken']}'" in proc.stdout
+    creds_file(private_home).unlink()
+    hostile.body = json.dumps({**GOOD_ANSWER, field: value}).encode()
+    proc = eval_through(hostile)
+    assert_clean_error(proc, f"sent credentials with a malformed {field}: refused")
+    assert not creds_file(private_home).exists() and proc.stdout == ""
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_a_broker_that_answers_without_end_is_cut_off_at_one_mib(
+    hostile: HostileBroker, private_home: Path, status: int
+) -> None:
+    hostile.status, hostile.body, hostile.length = status, b"[" * 65536, 64 << 20
+    proc = eval_through(hostile)
+    assert_clean_error(proc, "answered with more than 1 MiB: is it an iam-sorry broker?")
+    hostile.length, hostile.body = None, json.dumps({"error": "no", "pad": "x" * ((1 << 20) - 40)}).encode()
+    assert len(hostile.body) < 1 << 20  # just under the cap: still read and understood
+    proc = eval_through(hostile)
+    assert_clean_error(proc, "answered without credentials" if status == 200 else "the broker refused (500): no")

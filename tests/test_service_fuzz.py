@@ -45,7 +45,8 @@ LIMITS = f"""
 [limits]
 read_timeout = {READ_TIMEOUT}
 keepalive = 2
-"""
+anonymous_rate = 0
+"""  # anonymous_rate: every case is answered for itself (test_service_hostile tests the limit)
 HEALTHZ_BOUND = 2.0  # seconds; see test_the_fuzz
 SLOW_CLIENTS = ["slow head"] * 8 + ["slow body"] * 4 + ["idle"] * 4
 if gunicorn.version_info >= (27,):  # older ones never close a connection that sends nothing (see the README)
@@ -344,6 +345,10 @@ def send(svc: servicekit.Service, case: Case) -> servicekit.Answer:
 def slowloris(svc: servicekit.Service, how: str) -> tuple[str, int | None, bool]:
     """A client that never completes its request: (how, status it got, whether
     the server closed the connection before the client gave up at 30 s)."""
+    head = b"POST /v1/credentials HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n"
+    if how == "slow body":  # with a ticket: only then is a body read at all
+        token = base64.b64encode(servicekit.negotiate_token(svc.realm, "sue")).decode()
+        head += f"Authorization: Negotiate {token}\r\n".encode()
     raw = socket.create_connection(("127.0.0.1", svc.port), timeout=30)
     deadline = time.monotonic() + 30
     if how == "idle, no TLS":  # gunicorn's main loop holds it, up to keepalive
@@ -360,7 +365,7 @@ def slowloris(svc: servicekit.Service, how: str) -> tuple[str, int | None, bool]
     with tls:
         tls.settimeout(0.3)
         if how == "slow body":
-            tls.sendall(b"POST /v1/credentials HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+            tls.sendall(head + b"\r\n{")
         elif how == "slow head":
             tls.sendall(b"GET /v1/whoami HTTP/1.1\r\n")
         while time.monotonic() < deadline:

@@ -7,6 +7,7 @@ that each bound is reached in a second or two."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -245,3 +246,157 @@ def test_limits_are_read_and_checked(tmp_path: Any) -> None:
     ]:
         with pytest.raises(iamsorry.UsageError, match=needle.replace("[", r"\[").replace(".", r"\.")):
             load(bad)
+
+
+def test_an_unauthenticated_sign_in_cannot_write_escapes_or_bulk_into_the_audit(
+    svc: servicekit.Service, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The principal a sign-in names is recorded before anything is checked:
+    a stranger's 60 KB of terminal escapes must not reach the trail as they
+    are, nor ``audit list`` on the administrator's terminal."""
+    import json
+
+    from sshkit import make_key
+    from test_sshsig import keygen_sign, public
+
+    folder = tmp_path_factory.mktemp("escapes")
+    listed, stranger = make_key(folder, "listed", passphrase=""), make_key(folder, "stranger", passphrase="")
+    alone = servicekit.sibling(svc, folder / "svc", 'allowed_signers = "allowed_signers"')
+    (alone.folder / "allowed_signers").write_text(f"sue@{svc.realm.realm} {public(listed)}\n")
+    try:
+        alone.start()
+        status, _, doc = alone.curl(None, "/v1/login/nonce", {}, negotiate=False)
+        assert status == 200, doc
+        hostile = "\x1b]0;pwn\x07\x1b[2J" + "A" * 60000
+        sent = {"challenge": doc["challenge"], "signature": keygen_sign(stranger, doc["challenge"].encode())}
+        status, _, doc = alone.curl(None, "/v1/login/ssh", {**sent, "principal": hostile}, negotiate=False)
+        assert status == 401, doc
+    finally:
+        alone.stop()
+    listed_text = servicekit.audit(alone.config, "list")
+    assert listed_text.returncode == 0, listed_text.stderr
+    assert "login/ssh" in listed_text.stdout
+    assert "\x1b" not in listed_text.stdout and "\x07" not in listed_text.stdout
+    assert max(len(line) for line in listed_text.stdout.splitlines()) <= 1000
+    entries = json.loads(servicekit.audit(alone.config, "list", "--json").stdout)
+    newest = max(entries, key=lambda e: e["seq"])
+    assert newest["action"] == "login/ssh" and newest["status"] == 401
+    assert len(newest["target"]) <= 256 and newest["target"].isprintable(), newest["target"][:100]
+    assert servicekit.audit_verify(alone.config).returncode == 0
+
+
+STRANGERS = [  # requests that no one is authenticated by: each is charged to its address
+    servicekit.request_bytes("GET", "/v1/whoami"),
+    servicekit.request_bytes("GET", "/v1/whoami", {"Authorization": "Negotiate Z2FyYmFnZQ=="}),
+    servicekit.request_bytes("POST", "/v1/credentials", {}, b'{"user": "sue"}'),
+    servicekit.request_bytes("POST", "/v1/login/nonce", {}, b"{}"),  # sign-in is off here: 404, charged first
+    servicekit.request_bytes("GET", "/v1/nowhere", {"Authorization": "Bearer x"}),
+]
+
+
+def test_a_flood_without_credentials_is_refused_and_summed_up_while_people_are_served(
+    svc: servicekit.Service, krb_realm: Any, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """anonymous_burst = 10, anonymous_rate = 1/s: of 300 requests without
+    valid credentials from one address most get 429, and the trail gains one
+    record per address and window for them, not one each; sue, from the
+    same address with her ticket, is served throughout."""
+    import base64
+    import json
+
+    for name, value in krb_realm.env("sue").items():
+        monkeypatch.setenv(name, value)
+    limits = "[limits]\nanonymous_rate = 1\nanonymous_burst = 10\nanonymous_window = 1\n"
+    flooded = servicekit.sibling(svc, tmp_path_factory.mktemp("flood") / "svc", limits)
+
+    def sue() -> servicekit.Answer:
+        token = base64.b64encode(servicekit.negotiate_token(krb_realm, "sue")).decode()
+        return servicekit.exchange(
+            flooded, servicekit.request_bytes("GET", "/v1/whoami", {"Authorization": f"Negotiate {token}"})
+        )
+
+    def send(i: int) -> tuple[bool, servicekit.Answer]:
+        return (True, sue()) if i % 30 == 0 else (False, servicekit.exchange(flooded, STRANGERS[i % len(STRANGERS)]))
+
+    try:
+        flooded.start()
+        started = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(send, range(300)))
+        elapsed = time.monotonic() - started
+        people = [a for mine, a in answers if mine]
+        strangers = [a for mine, a in answers if not mine]
+        assert [a.status for a in people] == [200] * 10
+        refused = [a for a in strangers if a.status == 429]
+        admitted = [a for a in strangers if a.status != 429]
+        assert {a.status for a in admitted} <= {401, 404}
+        assert len(admitted) <= 10 + elapsed * 1 + 1  # the burst, and what the bucket refilled meanwhile
+        assert all(int(a.headers["retry-after"]) >= 1 for a in refused)
+        assert "too many requests without credentials from 127.0.0.1" in refused[0].json()["error"]
+        deadline, polls = time.monotonic() + 60, 0
+        while True:  # the window (1 s) ends; the next recorded request writes the count
+            assert sue().status == 200
+            polls += 1
+            entries = json.loads(servicekit.audit(flooded.config, "list", "--json").stdout)
+            summaries = [e for e in entries if e["action"] == "refused"]
+            if sum(e["params"]["refused"] for e in summaries) == len(refused) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        flooded.stop()
+    assert sum(e["params"]["refused"] for e in summaries) == len(refused)
+    assert all(e["source"] == "127.0.0.1" and e["status"] == 429 and e["principal"] is None for e in summaries)
+    assert len(entries) == len(admitted) + len(people) + polls + len(summaries) < 300 // 4
+    assert servicekit.audit_verify(flooded.config).returncode == 0
+    log = flooded.log_text()
+    assert log.count("is over the limit for requests without credentials") == len(summaries)
+    assert log.count(" 429 ") == 0 and "Traceback" not in log  # refused requests have no log line each
+
+
+def test_behind_a_trusted_front_end_the_anonymous_limit_is_per_client_address(
+    svc: servicekit.Service, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """From a front end in trusted_proxies that sends its secret, the client
+    address it appended to X-Forwarded-For is charged; from anyone else the
+    header means nothing."""
+    folder = tmp_path_factory.mktemp("front")
+    secret = folder / "proxy.secret"
+    secret.write_text("f" * 40 + "\n")
+    secret.chmod(0o600)
+    limits = "[limits]\nanonymous_rate = 0.001\nanonymous_burst = 2\n"
+    extra = f'trusted_proxies = ["127.0.0.2"]\nproxy_secret_file = "{secret}"\n{limits}'
+    front = servicekit.sibling(svc, folder / "svc", extra)
+
+    def ask(peer: str, forwarded: str, with_secret: bool = True) -> tuple[int, Any]:
+        headers = ["-H", f"X-Forwarded-For: {forwarded}"]
+        headers += ["-H", "X-Iam-Sorry-Proxy-Secret: " + "f" * 40] if with_secret else []
+        status, _, doc = front.curl(None, "/v1/whoami", None, "--interface", peer, *headers, negotiate=False)
+        return status, doc
+
+    try:
+        front.start()
+        assert [ask("127.0.0.2", "198.51.100.7, 10.1.1.1")[0] for _ in range(2)] == [401, 401]
+        status, doc = ask("127.0.0.2", "10.1.1.1")
+        assert status == 429 and "from 10.1.1.1 " in doc["error"], doc
+        assert ask("127.0.0.2", "10.1.1.2")[0] == 401  # another client behind the front end
+        assert ask("127.0.0.2", "10.1.1.1", with_secret=False)[0] == 401  # no secret: the front end's own address
+        mine = [ask("127.0.0.1", f"10.1.1.{n}")[0] for n in (3, 4)]  # not a trusted front end: its own address
+        assert mine == [401, 401]
+        status, doc = ask("127.0.0.1", "10.1.1.5")
+        assert status == 429 and "from 127.0.0.1 " in doc["error"], doc
+    finally:
+        front.stop()
+
+
+def test_the_anonymous_limit_is_read_and_checked(tmp_path: Any) -> None:
+    path = tmp_path / "s.toml"
+    base = '[service]\ntls_cert = "c"\ntls_key = "k"\nkeytab = "t"\nrealms = ["R"]\naudit = "sqlite:///a.db"\n'
+    path.write_text(base)
+    limits = iamsorry.load_service_config(str(path)).limits
+    assert (limits.anonymous_rate, limits.anonymous_burst, limits.anonymous_window) == (10.0, 200, 60.0)
+    path.write_text(base + "[limits]\nanonymous_rate = 0\nanonymous_burst = 5\n")
+    assert iamsorry.load_service_config(str(path)).limits.anonymous_rate == 0.0  # 0: no limit
+    for bad, needle in [("anonymous_window = 0", "must be 1..86400"), ("anonymous_burst = 0", "must be 1..")]:
+        path.write_text(base + "[limits]\n" + bad + "\n")
+        with pytest.raises(iamsorry.UsageError, match=re.escape(needle)):
+            iamsorry.load_service_config(str(path))

@@ -780,3 +780,47 @@ def test_a_hostile_region_in_the_environment_changes_no_file(private_home: Path,
 def test_profile_names_from_argv_cannot_break_lines(private_home: Path, flag: str) -> None:
     assert_clean_error(run_cli(flag, "sue\n[profile evil]"), "could write lines of its own")
     assert_clean_error(run_cli(flag, "[sue"), "could write lines of its own")
+
+
+@pytest.mark.parametrize("brk", ["\u2028", "\u2029", "\x85", "\x0b", "\x0c", "\x1c", "\x1d", "\x1e"])
+def test_a_value_with_a_break_that_other_readers_see_is_refused(brk: str) -> None:
+    """str.splitlines (and editors) break at these, configparser does not:
+    written, the value would show one tool a [prod] the other cannot see."""
+    before = "[profile x]\nregion = eu-west-1\n"
+    ini = iamsorry.IniFile("config", before)
+    smuggled = f"tok{brk}[prod]{brk}aws_access_key_id = AKIAEVILEVILEVILEVIL"
+    with pytest.raises(iamsorry.StoreError, match=r"refusing to write \[sue\] aws_session_token: .*line break"):
+        ini.set("sue", {"aws_session_token": smuggled})
+    with pytest.raises(iamsorry.StoreError, match="could write lines of its own"):
+        ini.set(f"sue{brk}[prod]", {"region": "eu-west-1"})
+    assert ini.text() == before and list(ini.sections) == ["profile x"]
+
+
+def test_a_hand_edited_file_with_unicode_breaks_round_trips_byte_for_byte(private_home: Path) -> None:
+    """Lines end where configparser ends them (\\n, \\r\\n, \\r): a U+2028
+    in a comment or a value is part of its line, no section of its own."""
+    import configparser
+
+    path = creds_file(private_home)
+    hand = (
+        "# notes\u2028[prod]\u2028aws_access_key_id = AKIAHIDDENHIDDENHID1\r\n"
+        "[sue]\r\n"
+        "aws_access_key_id = ASIAOLDOLDOLDOLDOLD1\r\n"
+        "aws_secret_access_key = old\u2028secret\x85x\r\n"
+        "x_note = a\x0cb\r\n"
+        "\u2028[ghost]\r\n"  # indented by U+2028: for configparser, more of x_note
+        "\r\n"
+        "[other]\r\n"
+        "aws_access_key_id = AKIAOTHEROTHEROTHER1\r\n"
+    )
+    path.write_bytes(hand.encode())
+    profiles = iamsorry.read_aws_credentials(str(path))
+    parser = configparser.RawConfigParser()
+    parser.read([str(path)], encoding="utf-8")
+    assert list(profiles) == parser.sections() == ["sue", "other"]
+    assert profiles["sue"]["aws_secret_access_key"] == parser["sue"]["aws_secret_access_key"] == "old\u2028secret\x85x"
+    assert profiles["sue"]["x_note"] == parser["sue"]["x_note"] == "a\x0cb\n[ghost]"
+    with iamsorry.Store().edit() as s:
+        s.creds.set("other", {"region_note": "kept"})
+    after = path.read_bytes().decode()
+    assert after == hand + "region_note = kept\r\n"
