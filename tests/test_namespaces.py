@@ -45,10 +45,13 @@ def test_ownership_compares_whole_prefixes() -> None:
 
     assert iamsorry.foreign_reason(user("sue"), "sue") is None
     for other in ("dirk", "zed", "sue-team"):  # before and after sue, and sue's own prefix extended
-        assert iamsorry.foreign_reason(user(other), "sue") == f"is delegated to '{other}' (by ?)"
+        assert iamsorry.foreign_reason(user(other), "sue") == (
+            iamsorry._IS_DELEGATED,
+            f"is delegated to '{other}' (by ?)",
+        )
     for path in ("/", "/iam-sorry/deep/", "/zzz/"):  # only USER_PATH itself is iam-sorry's
         here = {"Path": path, "TagMap": {"owner": "sue"}}
-        assert iamsorry.foreign_reason(here, "sue") == "was not made by iam-sorry"
+        assert iamsorry.foreign_reason(here, "sue") == (iamsorry._IS_STRANGER, "was not made by iam-sorry")
 
 
 def test_manager_a_b_c_end_to_end(aws: FakeAws, ed25519: Path) -> None:
