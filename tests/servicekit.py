@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import REGION, ROOT, admin_profile, aws_client, children
+from conftest import REGION, ROOT, admin_profile, aws_client, children, iamsorry
 
 # The service needs the server extra, so it always runs from the checkout, never a built .pyz.
 SCRIPT = ROOT / "iam-sorry"
@@ -486,6 +486,11 @@ def admin(svc: Service, service: str = "iam") -> Any:
 def keys_of(svc: Service, user: str) -> list[str]:
     """The access keys AWS holds for ``user``, counted at moto."""
     return [k["AccessKeyId"] for k in admin(svc).list_access_keys(UserName=user)["AccessKeyMetadata"]]
+
+
+def trail_of(svc: Service) -> list[dict[str, Any]]:
+    """The service's audit records, read as ``iam-sorry audit`` does."""
+    return iamsorry.open_audit(iamsorry.load_service_config(str(svc.config))).entries()
 
 
 def call(svc: Service, user: str | None, action: str, body: Any) -> tuple[int, Any]:

@@ -9,6 +9,7 @@ import json
 import secrets
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -173,7 +174,8 @@ def test_every_iam_call_made_for_sue_carries_her_principal(svc: servicekit.Servi
     assert {s.role_arn for s in sessions} == {"arn:aws:iam::123456789012:role/iam-sorry-service/iam-sorry-service.sue"}
     assert {s.tags["iam-sorry-groups"] for s in sessions} == {"lab"}
     assume = [c for c in shim.calls_of("sts") if c.action == "AssumeRole"]
-    assert len(assume) == len(sessions) == len(steps)  # one role session per request
+    # One role session serves all of sue's requests (an earlier test may have begun it).
+    assert len(sessions) == 1 and len(assume) <= 1
 
 
 def test_delete_user_leaves_nothing_behind(svc: servicekit.Service, tmp_path: Path) -> None:
@@ -284,6 +286,56 @@ def test_service_key_is_shown_once_and_the_old_key_goes_after_the_new_works(svc:
     assert [k["AccessKeyId"] for k in keys] == [second["AccessKeyId"]]
 
 
+@pytest.mark.parametrize("action", ["service-key", "delete-user"])
+def test_key_changes_wait_for_the_users_lock_and_clear_a_dead_mints_key(svc: servicekit.Service, action: str) -> None:
+    """Rotating or deleting takes the same lock across instances as a mint
+    does, and first deletes the key a mint that died left behind."""
+    name = f"sue-locked-{action}"
+    ensure_user(svc, name)
+    store = iamsorry.SqliteAuditStore(str(svc.folder / "audit" / "audit.db"))
+    leftover = admin(svc).create_access_key(UserName=name)["AccessKey"]["AccessKeyId"]
+    row = {"id": secrets.token_hex(8), "user_name": name, "namespace": "sue", "principal": PRINCIPAL}
+    row.update(groups='["lab"]', instance="dead:1", started=time.time(), keys_before="[]", access_key_id=leftover)
+    answer: list[tuple[int, Any]] = []
+    worker = threading.Thread(target=lambda: answer.append(call(svc, "sue", action, {"user": name})))
+    try:
+        with store.user_lock(name, None) as held:  # a mint on another instance, or one that is dying
+            assert held
+            store.inflight_begin(row)
+            worker.start()
+            worker.join(3)
+            assert worker.is_alive() and not answer, answer  # it waits
+            assert servicekit.keys_of(svc, name) == [leftover]
+    finally:
+        worker.join(120)
+        store.close()
+    status, doc = answer[0]
+    assert status == 200, doc
+    record = [e for e in servicekit.trail_of(svc) if e["action"] == "reconcile" and e["target"] == name]
+    assert [r["params"]["keys"] for r in record] == [[leftover]]
+    assert iamsorry.SqliteAuditStore(str(svc.folder / "audit" / "audit.db")).inflight(name) == []
+    if action == "service-key":
+        assert doc["Replaced"] == [] and servicekit.keys_of(svc, name) == [doc["AccessKeyId"]]
+
+
+def test_minted_credentials_never_reach_the_services_disk(svc: servicekit.Service) -> None:
+    """With SQLite the store is on the service's own disk: credentials stay
+    in memory, not even sealed, and a table an older version kept is gone."""
+    ensure_user(svc, "sue-memory")
+    status, doc = call(svc, "sue", "credentials", {"user": "sue-memory", "hours": 1})
+    assert status == 200, doc
+    db = sqlite3.connect(svc.folder / "audit" / "audit.db")
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        db.close()
+    assert "cred_cache" not in tables and {"audit", "mint_inflight"} <= tables
+    status, again = call(svc, "sue", "credentials", {"user": "sue-memory", "hours": 1})
+    assert again["AccessKeyId"] == doc["AccessKeyId"]
+    [last] = [e for e in servicekit.trail_of(svc) if e["target"] == "sue-memory" and e["action"] == "credentials"][-1:]
+    assert last["result"] == "cached from memory" and last["params"]["expires"] == doc["Expiration"]
+
+
 def test_many_concurrent_requests_for_a_stale_user_cause_one_mint(
     svc: servicekit.Service, shim: Any, krb_realm: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -295,6 +347,7 @@ def test_many_concurrent_requests_for_a_stale_user_cause_one_mint(
         got = list(pool.map(lambda _: iamsorry.broker_credentials(svc.url, "sue-batch", 4), range(24)))
     assert len({c.access_key_id for c in got}) == 1
     assert shim.calls["CreateAccessKey"] == shim.calls["GetSessionToken"] == 1
+    assert shim.calls["ListAccessKeys"] == 1  # the keys before the mint, listed once for both uses
     SECRETS.append(got[0].secret_access_key)
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import servicekit
 from conftest import assert_clean_error, iamsorry, require_root, run_cli, thread_states
-from servicekit import ensure_user, keys_of
+from servicekit import ensure_user, keys_of, trail_of
 
 Pair = tuple[servicekit.Service, servicekit.Service]
 
@@ -91,11 +91,6 @@ def sql(dsn: str, query: str, params: Any = ()) -> list[Any]:
     with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
         cur = conn.execute(query, params)
         return list(cur.fetchall()) if cur.description else []
-
-
-def trail_of(svc: servicekit.Service) -> list[dict[str, Any]]:
-    cfg = iamsorry.load_service_config(str(svc.config))
-    return iamsorry.open_audit(cfg).entries()
 
 
 def test_audit_init_makes_tables_the_service_cannot_rewrite(pair: Pair, database: tuple[Any, str, str]) -> None:
@@ -170,6 +165,28 @@ def test_shared_credentials_are_sealed_for_their_user(pair: Pair, database: tupl
         assert iamsorry.SharedCredentials(store, key).fresh("sue-moved") is None  # bound to its user
     finally:
         store.close()
+
+
+def test_a_user_deleted_on_one_instance_is_served_by_no_other(pair: Pair) -> None:
+    """Credentials of a deleted user are dead in AWS: no instance hands out
+    its copy in memory after the deletion, and none for a new user of the
+    same name either."""
+    a, b = pair
+    ensure_user(a, "sue-dropped")
+    status, first = call(a, "credentials", {"user": "sue-dropped", "hours": 2})
+    assert status == 200, first
+    for _ in range(2):  # b reads the shared copy, then serves it from its memory
+        status, doc = call(b, "credentials", {"user": "sue-dropped", "hours": 2})
+        assert (status, doc["AccessKeyId"]) == (200, first["AccessKeyId"]), doc
+    outcomes = [e["result"] for e in trail_of(b) if e["target"] == "sue-dropped" and e["action"] == "credentials"]
+    assert outcomes[-2:] == ["cached from the shared store", "cached from memory"]
+    assert call(a, "delete-user", {"user": "sue-dropped"})[0] == 200
+    status, doc = call(b, "credentials", {"user": "sue-dropped", "hours": 2})
+    assert status == 404 and "does not exist" in doc["error"], doc
+    ensure_user(a, "sue-dropped")
+    status, doc = call(b, "credentials", {"user": "sue-dropped", "hours": 2})
+    assert status == 200 and doc["AccessKeyId"] != first["AccessKeyId"], doc
+    assert b.arn_of(doc).endswith(":user/iam-sorry/sue-dropped")
 
 
 def request(svc: servicekit.Service, user: str) -> subprocess.Popen[str]:
