@@ -255,3 +255,24 @@ def test_bootstrap_deletes_the_key_the_administrator_saw(aws: FakeAws, ed25519: 
     assert only != key[0]
     with pytest.raises(Exception, match="InvalidClientTokenId"):
         aws.client("sts", *key).get_caller_identity()
+
+
+def test_a_lost_answer_while_bootstrapping_leaves_no_extra_key(
+    aws: FakeAws, ed25519: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS makes the new manager key but its answer comes after the client
+    gave up; botocore's retry then hits the two-key limit.  Bootstrap goes
+    through the one key-replacement flow, which deletes the key nobody
+    holds, so the next try is not stuck at two keys."""
+    key = hand_over()
+    for name, value in exported(key).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(iamsorry._AWS_PATIENCE, "timeout", 1.0)
+    aws.shim.slow("CreateAccessKey", 2.0, after=True)
+    with pytest.raises(iamsorry.AwsError, match="LimitExceeded"):
+        iamsorry.bootstrap(iamsorry.Store(), iamsorry.Creds(*key), None, 36)
+    assert aws.key_status("sue-mgr") == {key[0]: "Active"}
+    assert "sue-mgr" not in aws.profiles()
+    assert iamsorry.bootstrap(iamsorry.Store(), iamsorry.Creds(*key), None, 36) == "sue-mgr"
+    stored = iamsorry.read_aws_credentials(auto_decrypt=True)["sue-mgr"]["aws_access_key_id"]
+    assert aws.key_status("sue-mgr") == {stored: "Active"}

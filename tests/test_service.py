@@ -5,6 +5,7 @@ for the module; each test works on its own IAM names."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import sqlite3
@@ -330,10 +331,6 @@ def test_minted_credentials_never_reach_the_services_disk(svc: servicekit.Servic
     finally:
         db.close()
     assert "cred_cache" not in tables and {"audit", "mint_inflight"} <= tables
-    status, again = call(svc, "sue", "credentials", {"user": "sue-memory", "hours": 1})
-    assert again["AccessKeyId"] == doc["AccessKeyId"]
-    [last] = [e for e in servicekit.trail_of(svc) if e["target"] == "sue-memory" and e["action"] == "credentials"][-1:]
-    assert last["result"] == "cached from memory" and last["params"]["expires"] == doc["Expiration"]
 
 
 def test_many_concurrent_requests_for_a_stale_user_cause_one_mint(
@@ -548,3 +545,90 @@ def test_the_audit_store_is_the_services_alone(svc: servicekit.Service) -> None:
     assert {p.name for p in found} >= {"audit.db", "audit.key"}
     for path in found:
         assert path.stat().st_mode & 0o077 == 0, (path.name, oct(path.stat().st_mode))
+
+
+def test_service_key_refuses_a_third_key_with_409(svc: servicekit.Service, shim: Any) -> None:
+    ensure_user(svc, "sue-twokeys")
+    for _ in range(2):
+        admin(svc).create_access_key(UserName="sue-twokeys")
+    shim.reset_calls()
+    status, doc = call(svc, "sue", "service-key", {"user": "sue-twokeys"})
+    assert status == 409 and "already has 2 access keys" in doc["error"], doc
+    assert shim.calls["CreateAccessKey"] == 0
+
+
+@contextlib.contextmanager
+def fresh_instance(svc: servicekit.Service, folder: Path) -> Iterator[servicekit.Service]:
+    """A second server on the same AWS side, with nothing in its memory yet."""
+    other = servicekit.sibling(svc, folder)
+    try:
+        other.start()
+        yield other
+    finally:
+        other.stop()
+
+
+def test_a_persons_requests_share_one_role_session(svc: servicekit.Service, shim: Any, tmp_path: Path) -> None:
+    with fresh_instance(svc, tmp_path / "fresh") as other:
+        shim.reset_calls()
+        for _ in range(2):
+            status, doc = call(other, "sue", "list", {"namespace": "sue"})
+            assert status == 200, doc
+        assert shim.calls["AssumeRole"] == 1
+
+
+def test_role_names_are_checked_before_aws_and_foreign_roles_are_left_alone(
+    svc: servicekit.Service, shim: Any, tmp_path: Path
+) -> None:
+    with fresh_instance(svc, tmp_path / "fresh") as other:
+        shim.reset_calls()
+        for action, body, needle in (
+            ("create-role", {"role": "sue"}, "needs a suffix"),
+            ("create-role", {"role": "sue-" + "x" * 51}, "invalid role name"),
+            ("attach-policy", {"role": "sue", "policy_arn": READ_ONLY}, "needs a suffix"),
+        ):
+            status, doc = call(other, "sue", action, body)
+            assert status == 400 and needle in doc["error"], doc
+        assert shim.log == []  # refused before the role was assumed or anything reserved
+    iam = admin(svc)
+    iam.create_role(
+        RoleName="iam-sorry-sue-foreign", AssumeRolePolicyDocument=json.dumps(iamsorry.role_trust_policy("*"))
+    )
+    shim.reset_calls()
+    for action in ("attach-policy", "detach-policy"):
+        status, doc = call(svc, "sue", action, {"role": "sue-foreign", "policy_arn": READ_ONLY})
+        assert status == 403 and "untagged, so namespace sue does not own it" in doc["error"], doc
+    assert aws_writes(shim) == []
+    ensure_user(svc, "sue")
+    assert call(svc, "sue", "create-role", {"role": "sue-owned"})[0] == 201
+    status, doc = call(svc, "sue", "attach-policy", {"role": "sue-owned", "policy_arn": READ_ONLY})
+    assert status == 200, doc
+    attached = iam.list_attached_role_policies(RoleName="iam-sorry-sue-owned")["AttachedPolicies"]
+    assert [p["PolicyArn"] for p in attached] == [READ_ONLY]
+
+
+def test_the_audit_records_what_was_granted_not_what_was_asked(svc: servicekit.Service) -> None:
+    ensure_user(svc, "sue-granted")
+    status, first = call(svc, "sue", "credentials", {"user": "sue-granted", "hours": 2})
+    assert status == 200, first
+    status, again = call(svc, "sue", "credentials", {"user": "sue-granted", "hours": 1})
+    assert status == 200 and again["AccessKeyId"] == first["AccessKeyId"]  # served from memory
+    minted, cached = [
+        e for e in servicekit.trail_of(svc) if e["target"] == "sue-granted" and e["action"] == "credentials"
+    ][-2:]
+    assert (minted["result"], cached["result"]) == ("minted", "cached from memory")
+    assert minted["params"]["expires"] == cached["params"]["expires"] == first["Expiration"]
+    assert cached["params"]["hours"] == 1 and 1.9 < cached["params"]["granted"] <= 2
+
+
+def test_list_names_the_namespaces_users_and_roles_whatever_their_case(svc: servicekit.Service) -> None:
+    iam = admin(svc)
+    iam.create_user(UserName="SUE-Listed", Path="/iam-sorry/", Tags=[{"Key": "owner", "Value": "sue"}])
+    iam.create_user(UserName="sue-elsewhere")  # not where the namespace makes its users
+    trust = json.dumps(iamsorry.role_trust_policy("*"))
+    iam.create_role(RoleName="iam-sorry-SUE-listed", AssumeRolePolicyDocument=trust)
+    status, doc = call(svc, "sue", "list", {"namespace": "sue"})
+    assert status == 200, doc
+    users = {u["user"] for u in doc["users"]}
+    assert "SUE-Listed" in users and "sue-elsewhere" not in users
+    assert "iam-sorry-SUE-listed" in {r["role"] for r in doc["roles"]}

@@ -189,6 +189,29 @@ def test_a_user_deleted_on_one_instance_is_served_by_no_other(pair: Pair) -> Non
     assert b.arn_of(doc).endswith(":user/iam-sorry/sue-dropped")
 
 
+def test_shared_rows_are_read_only_while_fresh_and_go_with_their_user(
+    pair: Pair, database: tuple[Any, str, str]
+) -> None:
+    a, _ = pair
+    _, owner, app = database
+    ensure_user(a, "sue-row")
+    status, doc = call(a, "credentials", {"user": "sue-row", "hours": 1})
+    assert status == 200, doc
+    cfg = iamsorry.load_service_config(str(a.config))
+    store = iamsorry.PgAuditStore(app)
+    shared = iamsorry.SharedCredentials(store, iamsorry.audit_key(cfg.audit_key))
+    try:
+        found = shared.fresh("sue-row")
+        assert found is not None and found.access_key_id == doc["AccessKeyId"]
+        sql(owner, "UPDATE cred_cache SET expires = %s WHERE user_name = 'sue-row'", (time.time() + 60,))
+        assert shared.fresh("sue-row") is None  # the row says it has under 15 minutes left
+    finally:
+        store.close()
+    status, doc = call(a, "delete-user", {"user": "sue-row"})
+    assert status == 200, doc
+    assert sql(owner, "SELECT count(*) FROM cred_cache WHERE user_name = 'sue-row'") == [(0,)]
+
+
 def request(svc: servicekit.Service, user: str) -> subprocess.Popen[str]:
     """A credentials request as sue, by curl, left running."""
     cmd = [
