@@ -196,6 +196,7 @@ class Shim:
             self._delays: dict[str, collections.deque[tuple[float, bool]]] = collections.defaultdict(collections.deque)
             self._sessions: dict[str, _Session] = {}
             self._issued: dict[str, float] = {}
+            self._revoked: set[str] = set()
 
     def settle(self) -> None:
         """Treat every key issued so far as propagated, so that a
@@ -245,6 +246,12 @@ class Shim:
             for session in self._sessions.values():
                 session.expiration = past
 
+    def revoke_role_sessions(self) -> None:
+        """What "Revoke active sessions" on a role does: every AssumeRole
+        session issued so far is refused from now on (later ones work)."""
+        with self._lock:
+            self._revoked |= set(self.role_sessions)
+
     def identity_of(self, access_key_id: str) -> str | None:
         """ARN a minted session or a live IAM user key resolves to, else None."""
         session = self._session(access_key_id)
@@ -291,6 +298,10 @@ class Shim:
             self._issued[access_key_id] = time.monotonic()
 
     def _authenticate(self, access_key_id: str, token: str | None) -> None:
+        with self._lock:
+            revoked = access_key_id in self._revoked
+        if revoked:  # AWS denies them by a policy on the role; moto has no such check
+            raise AwsError("AccessDenied", f"{access_key_id[:4]}... is not authorized: its session was revoked", 403)
         session = self._session(access_key_id)
         if session is not None:
             _check_session(session, token)

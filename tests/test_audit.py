@@ -289,6 +289,23 @@ def test_the_database_and_its_wal_are_private_whatever_the_umask(config: Path) -
         os.umask(old)
 
 
+def test_one_user_is_one_lock_and_one_record_whatever_the_case(config: Path) -> None:
+    """IAM user names are unique regardless of case: sue-Bob is sue-bob, so
+    a request spelled otherwise must not get past a mint of the other."""
+    store = filled(config, 1).store
+    try:
+        with store.user_lock("sue-bob", None) as held:
+            assert held
+            with store.user_lock("SUE-Bob", None) as also:
+                assert not also
+        row = {"id": "r1", "user_name": "sue-bob", "namespace": "sue", "principal": "sue@IAMSORRY.TEST"}
+        row.update(groups="[]", instance="h:1", started=1.0, keys_before="[]", access_key_id=None, reserved=None)
+        store.inflight_begin(row)
+        assert [r["user_name"] for r in store.inflight("Sue-BOB")] == ["sue-bob"]
+    finally:
+        store.close()
+
+
 NOBODY = 65534  # another local user; the tests run as root in CI
 
 

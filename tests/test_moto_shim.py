@@ -238,6 +238,18 @@ def test_assume_role_still_works(shim: moto_shim.Shim) -> None:
     assert identity["Arn"] == "arn:aws:sts::123456789012:assumed-role/ops/s1"
 
 
+def test_revoked_role_sessions_are_refused_and_new_ones_work(shim: moto_shim.Shim) -> None:
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "*"}, "Action": "*"}]}
+    role = client("iam").create_role(RoleName="ops", AssumeRolePolicyDocument=json.dumps(trust))["Role"]
+    pete = new_user("pete")
+    old = client("sts", pete).assume_role(RoleArn=role["Arn"], RoleSessionName="s1")["Credentials"]
+    shim.revoke_role_sessions()
+    assert error_of(client("sts", old).get_caller_identity)[0] == "AccessDenied"
+    new = client("sts", pete).assume_role(RoleArn=role["Arn"], RoleSessionName="s2")["Credentials"]
+    assert client("sts", new).get_caller_identity()["Arn"].endswith(":assumed-role/ops/s2")
+    assert client("sts", pete).get_caller_identity()["Arn"].endswith(":user/pete")  # users' keys are untouched
+
+
 def test_install_is_idempotent_and_uninstall_restores_moto(shim: moto_shim.Shim) -> None:
     from moto.sts.responses import TokenResponse
 

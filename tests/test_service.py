@@ -333,6 +333,38 @@ def test_minted_credentials_never_reach_the_services_disk(svc: servicekit.Servic
     assert "cred_cache" not in tables and {"audit", "mint_inflight"} <= tables
 
 
+def test_delete_user_puts_right_a_user_whose_dead_mint_cannot_be_finished(svc: servicekit.Service) -> None:
+    """A dead mint's record that cannot be settled (here: its namespace has
+    no role the service may assume) blocks mints and rotations of the user;
+    deleting the user still works, and removes the key with it."""
+    name = "sue-stuck"
+    ensure_user(svc, name)
+    leftover = admin(svc).create_access_key(UserName=name)["AccessKey"]["AccessKeyId"]
+    row = {"id": secrets.token_hex(8), "user_name": name, "namespace": "nosuch", "principal": PRINCIPAL}
+    row.update(groups='["lab"]', instance="dead:1", started=time.time(), keys_before="[]", access_key_id=leftover)
+    store = iamsorry.SqliteAuditStore(str(svc.folder / "audit" / "audit.db"))
+    try:
+        store.inflight_begin(row)
+        status, doc = call(svc, "sue", "service-key", {"user": name})
+        assert status == 502 and "assume role" in doc["error"], doc
+        status, doc = call(svc, "sue", "delete-user", {"user": name})
+        assert status == 200 and doc["removed"] == [f"access key {iamsorry.mask_key_id(leftover)}"], doc
+        assert f"deleting {name} without first finishing its unfinished mint" in svc.log_text()
+    finally:
+        store.inflight_end(row["id"])
+        store.close()
+
+
+def test_memory_holds_one_copy_per_user_whatever_the_case() -> None:
+    """IAM user names are unique regardless of case: sue-Bob is sue-bob."""
+    cache = iamsorry.CredentialCache()
+    creds = iamsorry.Creds("ASIAEXAMPLEEXAMPLE00", "secret", "token", iamsorry.now() + 3600)
+    cache.put("sue-Bob", creds)
+    assert cache.fresh("sue-bob") is creds and cache.lock("SUE-BOB") is cache.lock("sue-bob")
+    cache.forget("SUE-bob")
+    assert cache.fresh("sue-Bob") is None
+
+
 def test_many_concurrent_requests_for_a_stale_user_cause_one_mint(
     svc: servicekit.Service, shim: Any, krb_realm: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

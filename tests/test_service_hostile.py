@@ -194,7 +194,7 @@ def test_more_mints_at_once_than_allowed_get_503_with_retry_after(svc: serviceki
     status, headers, doc = call(svc, "sue", "credentials", {"user": "sue-m2"})
     worker.join(60)
     assert first[0][0] == 200, first
-    assert status == 503 and "1 mints are in flight" in doc["error"], doc
+    assert status == 503 and "1 mints or key changes are in flight" in doc["error"], doc
     assert int(headers["retry-after"]) >= 1
     assert shim.calls["CreateAccessKey"] == 1  # the refused one did nothing in AWS
     shim.propagation_delay = 0.0
@@ -400,3 +400,34 @@ def test_the_anonymous_limit_is_read_and_checked(tmp_path: Any) -> None:
         path.write_text(base + "[limits]\n" + bad + "\n")
         with pytest.raises(iamsorry.UsageError, match=re.escape(needle)):
             iamsorry.load_service_config(str(path))
+
+
+def test_a_deletion_cut_short_leaves_no_dead_credentials_behind(svc: servicekit.Service, shim: Any) -> None:
+    """AWS deletes the user, but its answer never comes (504).  The copy of
+    the user's credentials is gone already: the same name, made anew, gets
+    credentials of its own, not the dead user's."""
+    new_user(svc, "sue-cut")
+    status, _, first = call(svc, "sue", "credentials", {"user": "sue-cut", "hours": 1})
+    assert status == 200, first
+    shim.slow("DeleteUser", 2.5, times=ATTEMPTS, after=True)  # aws_timeout = 1
+    status, _, doc = call(svc, "sue", "delete-user", {"user": "sue-cut"})
+    assert status == 504, doc
+    new_user(svc, "sue-cut")  # it was deleted after all
+    status, _, again = call(svc, "sue", "credentials", {"user": "sue-cut", "hours": 1})
+    assert status == 200 and again["AccessKeyId"] != first["AccessKeyId"], again
+    assert svc.arn_of(again).endswith(":user/iam-sorry/sue-cut")
+
+
+def test_a_role_session_aws_refuses_is_not_used_again(svc: servicekit.Service, shim: Any) -> None:
+    """The service keeps a person's role session; once AWS refuses it (an
+    administrator revoked the role's sessions), the next request assumes
+    the role anew."""
+    assert call(svc, "sue", "list", {"namespace": "sue"})[0] == 200
+    shim.revoke_role_sessions()
+    shim.reset_calls()
+    status, _, doc = call(svc, "sue", "list", {"namespace": "sue"})
+    assert status == 502 and "AccessDenied" in doc["error"], doc
+    assert shim.calls["AssumeRole"] == 0  # the kept session was used, and refused
+    status, _, doc = call(svc, "sue", "list", {"namespace": "sue"})
+    assert status == 200, doc
+    assert shim.calls["AssumeRole"] == 1
