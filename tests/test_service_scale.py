@@ -167,6 +167,22 @@ def test_shared_credentials_are_sealed_for_their_user(pair: Pair, database: tupl
         store.close()
 
 
+def test_rotations_flooding_both_instances_leave_the_user_one_key(pair: Pair) -> None:
+    """A client fires service-key for one user at both instances at once:
+    without one lock across instances, two rotations both see the old key,
+    and the user ends with two keys (or AWS refuses a third).  Serialised,
+    each rotation replaces the one before, and exactly one key is left."""
+    a, b = pair
+    ensure_user(a, "sue-rotor")
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda i: call((a, b)[i % 2], "service-key", {"user": "sue-rotor"}), range(8)))
+    assert [status for status, _ in answers] == [200] * 8, answers
+    issued = [doc["AccessKeyId"] for _, doc in answers]
+    replaced = [masked for _, doc in answers for masked in doc["Replaced"]]
+    [left] = keys_of(a, "sue-rotor")
+    assert left in issued and sorted(replaced) == sorted(iamsorry.mask_key_id(k) for k in issued if k != left)
+
+
 def test_a_user_deleted_on_one_instance_is_served_by_no_other(pair: Pair) -> None:
     """Credentials of a deleted user are dead in AWS: no instance hands out
     its copy in memory after the deletion, and none for a new user of the
