@@ -185,6 +185,7 @@ CASES: list[tuple[str, list[str], Setup | None, dict[str, str], str]] = [
     ),
     ("role profiles in a loop", ["--eval", "loop-a"], None, {}, "loop through source_profile"),
     ("bad timeout setting", ["--eval", "sue"], _expired, {"IAM_SORRY_LOCK_TIMEOUT": "soon"}, "IAM_SORRY_LOCK_TIMEOUT"),
+    ("timeout never reached", ["--eval", "sue"], _expired, {"IAM_SORRY_LOCK_TIMEOUT": "nan"}, "must be a finite"),
     ("conflicting actions", ["--eval", "sue", "--profiles"], None, {}, "cannot be combined"),
     ("env keys expired (bootstrap)", [], _expired_session_env, {}, "ExpiredToken"),
     ("manager key revoked", ["sue"], _revoke, {}, "administrator"),

@@ -398,6 +398,16 @@ def test_credentials_a_broker_sends_must_have_the_form_of_aws_credentials(
 
 
 @pytest.mark.parametrize("status", [200, 500])
+def test_a_broker_answer_nested_too_deep_is_refused_in_one_line(
+    hostile: HostileBroker, private_home: Path, status: int
+) -> None:
+    hostile.status, hostile.body = status, b"[" * 100_000 + b"]" * 100_000  # under 1 MiB, beyond any parser's depth
+    proc = eval_through(hostile)
+    assert_clean_error(proc, "did not answer in JSON" if status == 200 else "the broker refused (500): HTTP 500")
+    assert not creds_file(private_home).exists()
+
+
+@pytest.mark.parametrize("status", [200, 500])
 def test_a_broker_that_answers_without_end_is_cut_off_at_one_mib(
     hostile: HostileBroker, private_home: Path, status: int
 ) -> None:

@@ -301,6 +301,21 @@ def test_setup_service_creates_everything_once_and_then_keeps_it_up_to_date(aws:
     )
 
 
+def test_setup_service_leaves_one_key_when_the_answer_to_its_creation_is_lost(
+    aws: FakeAws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS makes the service's key, but its answer comes after the client
+    gave up, and botocore's retry makes a second: the one nobody was shown
+    must go, or a live key of the service's user would sit unheld."""
+    monkeypatch.setattr(iamsorry._AWS_PATIENCE, "timeout", 1.0)
+    aws.shim.slow("CreateAccessKey", 2.0, after=True)
+    cfg = iamsorry.load_service_config(str(service_config(tmp_path)))
+    shown = iamsorry.setup_service(iamsorry.Store().load(), "aws-admin", cfg, None)
+    assert aws.shim.calls["CreateAccessKey"] == 2
+    [held] = aws.key_status("iam-sorry-service")
+    assert f"aws_access_key_id = {held}" in shown
+
+
 def test_setup_service_uses_a_role_the_config_names(aws: FakeAws, tmp_path: Path) -> None:
     principal = "arn:aws:iam::123456789012:role/ec2-iam-sorry"
     proc = run_cli(

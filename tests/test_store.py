@@ -235,6 +235,9 @@ def test_symlinked_credentials_file_keeps_its_link(private_home: Path, tmp_path:
         s.creds.set("b", {"aws_access_key_id": "AKIAYYYYYYYYYYYYYYY1", "aws_secret_access_key": "t"})
     assert link.is_symlink()
     assert "[b]" in real.read_text()
+    # The lock is the real file's, so a home that reaches it by another path (or by
+    # AWS_SHARED_CREDENTIALS_FILE) waits for this writer instead of losing its update.
+    assert (tmp_path / "dotfiles-credentials.lock").exists() and not Path(f"{link}.lock").exists()
 
 
 def test_env_paths_are_honoured_by_the_store_and_the_cli(private_home: Path, tmp_path: Path) -> None:
