@@ -89,6 +89,22 @@ def test_role_profile_works_with_the_aws_cli_and_eval(manager: FakeAws) -> None:
     assert_clean_error(run_cli("--role", "bob-lambda"), "outside your namespace")
 
 
+def test_a_role_of_the_namespace_s_name_that_someone_else_made_is_not_taken_over(manager: FakeAws) -> None:
+    """An untagged, unbounded role named iam-sorry-sue-*, trusting another
+    account, is not the namespace's: --role refuses it rather than write a
+    profile for it, and a rerun on the namespace's own role still works."""
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"AWS": "999999999999"}, "Action": "sts:AssumeRole"}],
+    }
+    manager.client("iam").create_role(RoleName="iam-sorry-sue-foreign", AssumeRolePolicyDocument=json.dumps(trust))
+    assert_clean_error(run_cli("--role", "sue-foreign"), "untagged, so namespace sue does not own it")
+    assert "sue-foreign" not in iamsorry.read_aws_config()
+    assert run_cli("--role", "sue-own").returncode == 0
+    again = run_cli("--role", "sue-own")
+    assert again.returncode == 0 and "Role 'iam-sorry-sue-own' exists" in again.stderr, again.stderr
+
+
 def _admin(*args: str):
     return run_cli("--profile", "aws-admin", *args)
 

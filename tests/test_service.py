@@ -630,7 +630,11 @@ def test_role_names_are_checked_before_aws_and_foreign_roles_are_left_alone(
     for action in ("attach-policy", "detach-policy"):
         status, doc = call(svc, "sue", action, {"role": "sue-foreign", "policy_arn": READ_ONLY})
         assert status == 403 and "untagged, so namespace sue does not own it" in doc["error"], doc
-    assert aws_writes(shim) == []
+    ensure_user(svc, "sue")  # create-role needs the base user
+    shim.reset_calls()
+    status, doc = call(svc, "sue", "create-role", {"role": "sue-foreign"})  # not taken over as "exists" either
+    assert status == 403 and "untagged, so namespace sue does not own it" in doc["error"], doc
+    assert aws_writes(shim) == ["CreateRole"]  # refused by AWS as existing; nothing else
     ensure_user(svc, "sue")
     assert call(svc, "sue", "create-role", {"role": "sue-owned"})[0] == 201
     status, doc = call(svc, "sue", "attach-policy", {"role": "sue-owned", "policy_arn": READ_ONLY})
