@@ -7,7 +7,12 @@ import json
 import os
 import re
 import shutil
+import socket
+import struct
 import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -43,6 +48,60 @@ def test_encrypt_ed25519_through_agent_and_decrypt(private_home: Path, ed25519: 
     # Idempotent: a second --encrypt leaves the sealed values alone.
     assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
     assert _sealed(private_home) == values
+
+
+def _ssh_str(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+@contextmanager
+def planted_agent(path: Path, blob: bytes) -> Iterator[Path]:
+    """An "agent" someone else runs on a socket the victim's SSH_AUTH_SOCK
+    names: it lists the victim's public key and answers every sign request
+    with bytes it chose."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            while len(head := conn.recv(4)) == 4:
+                request = conn.recv(struct.unpack(">I", head)[0])
+                if request[:1] == b"\x0b":  # identities
+                    reply = b"\x0c" + struct.pack(">I", 1) + _ssh_str(blob) + _ssh_str(b"victim")
+                else:  # a signature of the attacker's choosing
+                    reply = b"\x0e" + _ssh_str(_ssh_str(b"ssh-ed25519") + _ssh_str(b"\x42" * 64))
+                conn.sendall(_ssh_str(reply))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:  # closed: the test is over
+                return
+            answer(conn)
+
+    worker = threading.Thread(target=serve, daemon=True)
+    worker.start()
+    try:
+        yield path
+    finally:
+        server.shutdown(socket.SHUT_RDWR)
+        server.close()
+        worker.join(10)
+
+
+def test_an_agent_that_cannot_sign_for_the_key_is_refused(private_home: Path, ed25519: Path, tmp_path: Path) -> None:
+    """A stale forwarded SSH_AUTH_SOCK taken over by another user: if its
+    made-up "signature" were used, the sealing secret would be one it knows."""
+    path = _creds(private_home)
+    before = path.read_text()
+    blob = base64.b64decode(Path(f"{ed25519}.pub").read_text().split()[1])
+    with planted_agent(tmp_path / "planted.sock", blob) as sock:
+        proc = run_cli("--profile", "sue-mgr", "--encrypt", env={"SSH_AUTH_SOCK": str(sock)})
+    fp = iamsorry.resolve_ssh_key().fingerprint
+    assert_clean_error(proc, f"answered with a signature that is not by {fp}")
+    assert path.read_text() == before
 
 
 def test_rsa_3072_is_accepted_and_rsa_2048_refused(private_home: Path, ssh_dir: Path, agent) -> None:
