@@ -306,6 +306,20 @@ def test_one_user_is_one_lock_and_one_record_whatever_the_case(config: Path) -> 
         store.close()
 
 
+def test_names_a_client_makes_up_leave_a_bounded_number_of_lock_files(config: Path) -> None:
+    """Every mint, rotation or deletion locks its user's name before AWS
+    says whether the user exists: 5,000 made-up names must not leave 5,000
+    files behind."""
+    store = filled(config, 1).store
+    try:
+        for n in range(5000):
+            with store.user_lock(f"sue-{n}", None) as held:
+                assert held
+        assert len(list(Path(f"{store.path}.locks").iterdir())) <= iamsorry._LOCK_STRIPES
+    finally:
+        store.close()
+
+
 NOBODY = 65534  # another local user; the tests run as root in CI
 
 

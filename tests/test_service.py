@@ -363,6 +363,7 @@ def test_memory_holds_one_copy_per_user_whatever_the_case() -> None:
     assert cache.fresh("sue-bob") is creds and cache.lock("SUE-BOB") is cache.lock("sue-bob")
     cache.forget("SUE-bob")
     assert cache.fresh("sue-Bob") is None
+    assert len({id(cache.lock(f"sue-{n}")) for n in range(5000)}) <= iamsorry._LOCK_STRIPES  # made-up names
 
 
 def test_many_concurrent_requests_for_a_stale_user_cause_one_mint(
