@@ -302,6 +302,21 @@ def pg(pg_server):
 
 
 @pytest.fixture
+def shim(moto_url: str) -> Iterator[Any]:
+    """The moto server's shim with its calls counted from zero; whatever a
+    test set on it (faults, delays, lifetimes) is undone afterwards, for the
+    shim serves every later test of the process."""
+    import moto_shim
+
+    found = moto_shim.install()
+    found.reset_calls()
+    yield found
+    found.propagation_delay, found.session_seconds = 0.0, None
+    found.clear_faults()
+    found.reset_calls()
+
+
+@pytest.fixture
 def aws(moto_url: str, private_home: Path, monkeypatch: pytest.MonkeyPatch) -> FakeAws:
     """A clean fake AWS account, the CLI pointed at it, and an admin profile."""
     import urllib.request

@@ -11,11 +11,20 @@ import pytest
 from conftest import SCRIPT, creds_file, iamsorry, run_cli
 
 
-@pytest.mark.parametrize("config", ["", "[profile sue]\nbroker = https://broker.example\n"], ids=["plain", "broker"])
-def test_cached_eval_imports_nothing_heavy(private_home: Path, config: str) -> None:
-    """A fresh [sue] is exported without boto3, botocore or cryptography
-    loaded at all, and (a broker configured or not) without the modules of
-    a network client: urllib, ssl, ctypes, gssapi, http, socket."""
+@pytest.mark.parametrize(
+    ("action", "config"),
+    [
+        ("--eval", ""),
+        ("--eval", "[profile sue]\nbroker = https://broker.example\n"),
+        ("--credential-process", ""),  # with a broker it keeps nothing to serve from: it signs in each time
+    ],
+    ids=["eval", "eval-broker", "credential-process"],
+)
+def test_cached_eval_imports_nothing_heavy(private_home: Path, action: str, config: str) -> None:
+    """A fresh [sue] is exported (or handed to an SDK) without boto3,
+    botocore or cryptography loaded at all, and (a broker configured or
+    not) without the modules of a network client: urllib, ssl, ctypes,
+    gssapi, http, socket."""
     creds_file(private_home).write_text(
         "[sue]\naws_access_key_id = ASIAXXXXXXXXXXXXXXX1\naws_secret_access_key = s\naws_session_token = t\n"
         "expiration = 2099-01-01T00:00:00Z\ncredentials_owner = sue\n"
@@ -27,7 +36,7 @@ def test_cached_eval_imports_nothing_heavy(private_home: Path, config: str) -> N
         "before = set(sys.modules)\n"  # site hooks may have imported some of the network ones already
         "m = importlib.machinery.SourceFileLoader('iamsorry', sys.argv[1]).load_module()\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    assert m.main(['--eval', 'sue']) == 0\n"
+        f"    assert m.main(['{action}', 'sue']) == 0\n"
         "heavy = [n for n in sys.modules if n.split('.')[0] in ('boto3', 'botocore', 'cryptography')]\n"
         "network = [n for n in set(sys.modules) - before if n.split('.')[0] in "
         "('gssapi', 'ctypes', 'ssl', 'urllib', 'http', 'socket')]\n"

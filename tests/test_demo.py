@@ -17,16 +17,26 @@ DEMO = Path(__file__).resolve().parent / "demo.py"
 def run_demo(*args: str) -> subprocess.CompletedProcess[str]:
     """The demo as a user runs it; conftest gave us a private HOME and no
     AWS_* or SSH_AUTH_SOCK; --no-install: this Python has the test extra."""
-    proc = subprocess.run(
+    demo = subprocess.Popen(
         [sys.executable, str(DEMO), *args, "--no-install"],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=300,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc
+    try:
+        out, err = demo.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        demo.terminate()  # the demo stops its agent, KDC and service on SIGTERM; SIGKILL would leave them
+        try:
+            out, err = demo.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            demo.kill()
+            out, err = demo.communicate()
+        raise AssertionError(f"the demo ran over 300 s:\n{out}{err}") from None
+    assert demo.returncode == 0, out + err
+    return subprocess.CompletedProcess(demo.args, demo.returncode, out, err)
 
 
 def assert_gone(pid: int) -> None:

@@ -84,7 +84,11 @@ def test_waiting_is_bounded_and_names_the_lock(manager: FakeAws) -> None:
         assert proc.returncode != 0 and "credentials.lock" in proc.stderr and "Traceback" not in proc.stderr
     finally:
         holder.send_signal(signal.SIGINT)
-        holder.wait(timeout=60)
+        try:
+            holder.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
     manager.shim.propagation_delay = 0
 
 

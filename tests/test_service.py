@@ -50,15 +50,6 @@ def tickets(krb_realm: Any) -> None:
         krb_realm.kinit(user)
 
 
-@pytest.fixture
-def shim(svc: servicekit.Service) -> Any:
-    import moto_shim
-
-    found = moto_shim.install()
-    found.reset_calls()
-    return found
-
-
 def call(svc: servicekit.Service, user: str | None, action: str, body: Any) -> tuple[int, Any]:
     """servicekit.call, keeping every secret handed out in SECRETS."""
     status, doc = servicekit.call(svc, user, action, body)

@@ -45,18 +45,6 @@ def tickets(krb_realm: Any) -> None:
         krb_realm.kinit(user)
 
 
-@pytest.fixture
-def shim(svc: servicekit.Service) -> Iterator[Any]:
-    import moto_shim
-
-    found = moto_shim.install()
-    found.reset_calls()
-    yield found
-    found.propagation_delay = 0.0
-    found.clear_faults()
-    found.reset_calls()
-
-
 def call(svc: servicekit.Service, user: str, action: str, body: Any) -> tuple[int, dict[str, str], Any]:
     return svc.curl(user, f"/v1/{action}", body)
 
