@@ -306,6 +306,22 @@ def test_one_user_is_one_lock_and_one_record_whatever_the_case(config: Path) -> 
         store.close()
 
 
+def test_a_reconcile_record_names_the_person_as_their_requests_do(config: Path) -> None:
+    """sue@ELSEWHERE's unfinished mint is not recorded as sue's: audit list
+    --user sue must not show it."""
+    import logging
+
+    cfg = iamsorry.load_service_config(str(config))
+    trail = open_trail(config)
+    minting = iamsorry.CrashSafeMint(trail.store, trail, iamsorry.ServiceAws(cfg), logging.getLogger("test"))
+    row = {"id": "r1", "user_name": "sue-x", "groups": "[]", "instance": "h:1", "started": 1.0}
+    try:
+        for principal, user in (("sue@ELSEWHERE.TEST", "sue@ELSEWHERE.TEST"), ("sue@IAMSORRY.TEST", "sue")):
+            assert minting._entry({**row, "principal": principal}, ([], []), [])["user"] == user
+    finally:
+        trail.store.close()
+
+
 def test_names_a_client_makes_up_leave_a_bounded_number_of_lock_files(config: Path) -> None:
     """Every mint, rotation or deletion locks its user's name before AWS
     says whether the user exists: 5,000 made-up names must not leave 5,000
