@@ -115,6 +115,26 @@ def test_rsa_3072_is_accepted_and_rsa_2048_refused(private_home: Path, ssh_dir: 
     assert_clean_error(run_cli("--profile", "sue-mgr", "--encrypt", "--ssh-key", str(weak)), "2048 bits")
 
 
+def test_encrypt_with_another_key_moves_the_seal_to_it(private_home: Path, ed25519: Path, ssh_dir: Path, agent) -> None:
+    """Moving off a key: --encrypt --ssh-key NEW re-seals what the old key
+    sealed (the old key opens it), instead of saying so and leaving it."""
+    path = _creds(private_home)
+    assert run_cli("--profile", "sue-mgr", "--encrypt").returncode == 0
+    rsa = make_key(ssh_dir, "id_rsa", "rsa", 3072)
+    agent.add(rsa)
+    moved = run_cli("--profile", "sue-mgr", "--encrypt", "--ssh-key", str(rsa))
+    assert moved.returncode == 0, moved.stderr
+    fp = iamsorry.resolve_ssh_key(str(rsa)).fingerprint
+    assert all(v.startswith(f"__encrypted__:v2:{fp[7:]}:") for f, v in _sealed(private_home).items() if "key" in f)
+    assert run_cli("--show-decrypted", "sue-mgr", "--ssh-key", str(rsa)).stdout == MANAGER
+    third = make_key(ssh_dir, "id_third")
+    agent.remove_all()
+    agent.add(third)  # the rsa key gone from the agent, and no terminal: its seal cannot be opened
+    before = path.read_text()
+    assert_clean_error(run_cli("--profile", "sue-mgr", "--encrypt", "--ssh-key", str(third)), f"the key {fp} is not")
+    assert path.read_text() == before
+
+
 def test_agent_and_passphrase_give_the_same_signature(
     private_home: Path, ed25519: Path, agent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
