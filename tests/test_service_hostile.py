@@ -167,6 +167,41 @@ def test_a_principal_over_its_rate_gets_429_with_retry_after(svc: servicekit.Ser
     assert sum(shim.calls.values()) == 0
 
 
+def test_a_principal_flooding_over_its_rate_adds_one_record_per_window_not_one_each(
+    svc: servicekit.Service, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Anyone with a ticket may ask: ann, in no namespace that matters,
+    sends 60 requests at once over rate = 1, burst = 5.  Each refusal is
+    counted, not written and synced on its own: the trail gains one record
+    per window for them, and what was served has its own records."""
+    import json
+
+    limits = "[limits]\nrate = 1\nburst = 5\nanonymous_window = 1\n"
+    flooded = servicekit.sibling(svc, tmp_path_factory.mktemp("pflood") / "svc", limits)
+    try:
+        flooded.start()
+        with ThreadPoolExecutor(8) as pool:
+            statuses = [a[0] for a in pool.map(lambda _: flooded.curl("ann", "/v1/whoami"), range(60))]
+        refused = statuses.count(429)
+        assert refused >= 30 and statuses.count(200) == 60 - refused, statuses
+        deadline = time.monotonic() + 60
+        while True:  # the window (1 s) ends; the next recorded request writes the count
+            time.sleep(1.0)  # within sue's own rate (1/s)
+            assert flooded.curl("sue", "/v1/whoami")[0] == 200
+            entries = json.loads(servicekit.audit(flooded.config, "list", "--json").stdout)
+            summaries = [e for e in entries if e["action"] == "refused"]
+            if sum(e["params"]["refused"] for e in summaries) == refused or time.monotonic() > deadline:
+                break
+    finally:
+        flooded.stop()
+    assert sum(e["params"]["refused"] for e in summaries) == refused
+    assert {(e["principal"], e["user"], e["status"]) for e in summaries} == {("ann@IAMSORRY.TEST", "ann", 429)}
+    anns = [e for e in entries if e["principal"] == "ann@IAMSORRY.TEST" and e["action"] == "whoami"]
+    assert len(anns) == 60 - refused  # the served ones, one record each; none for a refused one
+    assert servicekit.audit_verify(flooded.config).returncode == 0
+    assert flooded.log_text().count("is over its rate") == len(summaries)
+
+
 def test_more_mints_at_once_than_allowed_get_503_with_retry_after(svc: servicekit.Service, shim: Any) -> None:
     """mints = 1: while one mint waits for its new key to propagate,
     a mint for another user is refused at once, before anything in AWS."""
@@ -210,7 +245,8 @@ def test_the_audit_trail_verifies_and_the_log_has_no_traceback(svc: servicekit.S
     assert verify.returncode == 0, verify.stderr
     log = svc.log_text()
     assert "Traceback" not in log
-    assert " 504 credentials sue-slow " in log and " 429 whoami " in log
+    # A refusal over a principal's rate has no line of its own: one line, and one record, per window.
+    assert " 504 credentials sue-slow " in log and "ann@IAMSORRY.TEST is over its rate" in log
 
 
 def test_limits_are_read_and_checked(tmp_path: Any) -> None:
