@@ -9,6 +9,7 @@ SHIV_ROOT and HOME; nothing here reads the developer's home directory.
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -217,19 +218,30 @@ def test_old_extractions_are_removed(pyz: Path, bare_python: Path, tmp_path: Pat
     foreign = _fake_extraction(root, f"other-tool.pyz_{foreign_id}", ours=False, age_days=30)
     trash = root / f".iam-sorry.pyz_{'d' * 64}.iam-sorry-trash-99"
     trash.mkdir()
+    # A job started days ago from an older build, still running: its extraction is in use.
+    busy = _fake_extraction(root, f"iam-sorry.pyz_{'e' * 64}", ours=True, age_days=3)
+    job = os.open(busy / build.IN_USE_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(job, fcntl.LOCK_SH)
+    then = time.time() - 3 * 86400
+    os.utime(busy, (then, then))  # making the file touched the folder: old again, as the job started long ago
 
     proc = run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path, IAM_SORRY_SHIV_CLEANUP="0"))
     assert proc.returncode == 0, proc.stderr
     assert old.exists(), "IAM_SORRY_SHIV_CLEANUP=0 keeps everything"
 
-    proc = run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path))
+    try:
+        proc = run_pyz(bare_python, pyz, "--version", env=node_env(tmp_path))
+    finally:
+        os.close(job)
     assert proc.returncode == 0, proc.stderr
+    assert busy.exists(), "an extraction a running job holds is never removed, however old"
     assert not old.exists() and not (root / f".{old.name}_lock").exists()
     assert not stale_tmp.exists() and not trash.exists()
     assert recent.exists(), "another build used within the grace period stays"
     assert foreign.exists(), "other shiv apps are never touched"
-    current = [p for p in root.glob("iam-sorry.pyz_*") if p.name != old.name]
+    current = [p for p in root.glob("iam-sorry.pyz_*") if p.name not in (old.name, busy.name)]
     assert len(current) == 1 and (current[0] / build.STAMP_NAME).exists()
+    assert (current[0] / build.IN_USE_NAME).exists()  # what the run held while it ran
 
 
 # --------------------------------------------------------------------------
