@@ -240,6 +240,19 @@ def test_symlinked_credentials_file_keeps_its_link(private_home: Path, tmp_path:
     assert (tmp_path / "dotfiles-credentials.lock").exists() and not Path(f"{link}.lock").exists()
 
 
+def test_a_byte_order_mark_an_editor_wrote_is_kept(private_home: Path) -> None:
+    """Every byte outside the touched section stays, the mark at the start
+    included; the section on the first line is still read as one."""
+    path = creds_file(private_home)
+    path.write_bytes(b"\xef\xbb\xbf[a]\r\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\r\naws_secret_access_key = s\r\n")
+    path.chmod(0o600)
+    assert iamsorry.read_aws_credentials()["a"]["aws_access_key_id"] == "AKIAXXXXXXXXXXXXXXX1"
+    with iamsorry.Store().edit() as s:
+        s.creds.set("b", {"aws_access_key_id": "AKIAYYYYYYYYYYYYYYY1", "aws_secret_access_key": "t"})
+    data = path.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbf[a]\r\naws_access_key_id = AKIAXXXXXXXXXXXXXXX1\r\n") and b"[b]\r\n" in data
+
+
 def test_env_paths_are_honoured_by_the_store_and_the_cli(private_home: Path, tmp_path: Path) -> None:
     creds, cfg = tmp_path / "elsewhere" / "c", tmp_path / "elsewhere" / "cfg"
     env = {"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_CONFIG_FILE": str(cfg)}
